@@ -1,0 +1,110 @@
+"""The command line (later issues and outside checks rely on it exactly).
+
+  python -m kvlab tokenize TEXT                      → JSON list of token ids
+  python -m kvlab generate --prompt TEXT [--chat] [--max-new-tokens N] [--policy JSON]
+                           [--temperature T] [--top-k K] [--top-p P] [--seed S] [--json]
+  python -m kvlab techniques                         → the registry, as JSON
+
+Exit codes: 0 done; 2 bad input (usage, prompt, policy); 1 the artifacts or the run failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from .techniques import REGISTRY, PolicyError
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # argparse's own exit code is 2 already; keep the words short
+        self.print_usage(sys.stderr)
+        raise SystemExit(_fail(message, 2))
+
+
+def _fail(message: str, code: int) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return code
+
+
+def _parser() -> argparse.ArgumentParser:
+    ap = _Parser(prog="python -m kvlab", description="KV Cache Lab engine (native host)")
+    ap.add_argument("--artifacts", help="built artifacts folder (default: $KVLAB_ARTIFACTS or the builder's active build)")
+    ap.add_argument("--scalar", action="store_true", help="use kvstore-scalar.wasm (no SIMD)")
+    ap.add_argument("--threads", type=int, default=0, help="onnxruntime intra-op threads (0 = its default)")
+    sub = ap.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    t = sub.add_parser("tokenize", help="print the token ids of TEXT as JSON")
+    t.add_argument("text")
+    t.add_argument("--chat", action="store_true", help="render TEXT as a user turn of the chat template first")
+
+    g = sub.add_parser("generate", help="generate text through the compressed cache")
+    g.add_argument("--prompt", required=True)
+    g.add_argument("--chat", action="store_true", help="wrap the prompt in the chat template")
+    g.add_argument("--max-new-tokens", type=int, default=64)
+    g.add_argument("--policy", default="{}", help='JSON, e.g. \'{"quant": {"k_bits": 4, "v_bits": 8}}\'')
+    g.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+    g.add_argument("--top-k", type=int, default=0)
+    g.add_argument("--top-p", type=float, default=1.0)
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--ignore-eos", action="store_true", help="always make --max-new-tokens tokens")
+    g.add_argument("--json", action="store_true", help="print one JSON object (else: the text, then a summary)")
+
+    sub.add_parser("techniques", help="print the registered techniques and their parameters as JSON")
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "techniques":
+        print(json.dumps([t.describe() for t in REGISTRY.values()], indent=1))
+        return 0
+
+    from .artifacts import ArtifactError, default_dir
+    from .engine import Engine, InputError, Request
+    from .store import StoreError
+
+    try:
+        if args.command == "tokenize":
+            from .chat import render_chat
+            from .tokenizer import Tokenizer
+
+            from .artifacts import verify
+            folder = args.artifacts or default_dir()
+            verify(folder, ("tokenizer.json",))
+            tok = Tokenizer.from_file(f"{folder}/tokenizer.json")
+            text = render_chat([{"role": "user", "content": args.text}]) if args.chat else args.text
+            print(json.dumps(tok.encode(text)))
+            return 0
+
+        # validate the cheap things before loading 270 MB
+        from .policy import parse_policy
+        parse_policy(args.policy)
+
+        from .host.native import NativeHost
+        host = NativeHost(args.artifacts or default_dir(), simd=not args.scalar, threads=args.threads)
+        engine = Engine(host)
+        req = Request(
+            prompt=args.prompt, chat=args.chat, max_new_tokens=args.max_new_tokens,
+            policy=args.policy, temperature=args.temperature, top_k=args.top_k,
+            top_p=args.top_p, seed=args.seed, ignore_eos=args.ignore_eos,
+        )
+        if args.json:
+            print(json.dumps(engine.generate(req)))
+        else:
+            def show(ev: dict) -> None:
+                sys.stdout.write(ev["text"])
+                sys.stdout.flush()
+            res = engine.generate(req, on_token=show)
+            print(
+                f"\n--- {len(res['ids'])} tokens ({res['stop_reason']}), {res['ms_per_token']} ms/token; "
+                f"cache {res['cache_bytes']:,} B for {res['tokens_cached']} tokens "
+                f"(fp32 {res['fp32_bytes']:,} B, fp16 {res['fp16_bytes']:,} B)",
+                file=sys.stderr,
+            )
+        return 0
+    except (InputError, PolicyError) as e:
+        return _fail(str(e), 2)
+    except (ArtifactError, StoreError) as e:
+        return _fail(str(e), 1)

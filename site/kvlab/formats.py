@@ -1,0 +1,102 @@
+"""The KV store's formats and error codes: the one Python mirror of ``wasm/kvstore.h``.
+
+Pure Python (it runs under Pyodide). Byte counts here are formulas; the store's own
+``kv_bytes`` must equal them (tests/wasm checks both against each other).
+
+Byte layout of one (token, kv head) row of ``head_dim`` values, G = group size along
+head_dim (see wasm/README.md for the table)::
+
+    f32  head_dim x float32
+    f16  head_dim x IEEE half (round to nearest even)
+    q8   head_dim/G blocks of [fp16 d][G x int8]               2 + G bytes
+    q4   head_dim/G blocks of [fp16 d][fp16 m][G/2 x u8]       4 + G/2 bytes
+         (element j in the low nibble of byte j, element j + G/2 in the high nibble)
+"""
+
+from __future__ import annotations
+
+# ---------------------------------------------------------------------------------------
+# Formats (kv_format in wasm/kvstore.h)
+# ---------------------------------------------------------------------------------------
+
+F32 = 0
+F16 = 1
+Q8 = 2
+Q4 = 3
+# reserved for later formats: 4 = Q3, 5 = Q2 (group-wise), then per-channel key formats
+
+NAMES = {F32: "f32", F16: "f16", Q8: "q8", Q4: "q4"}
+BY_NAME = {v: k for k, v in NAMES.items()}
+BITS = {F32: 32, F16: 16, Q8: 8, Q4: 4}  # payload bits per value (scales not included)
+BY_BITS = {v: k for k, v in BITS.items()}
+
+GROUP_SIZES = (16, 32, 64)
+GROUP_DEFAULT = 32
+
+# Per-group header bytes and payload bytes of the block formats
+_HEADER = {Q8: 2, Q4: 4}  # fp16 d; fp16 d + fp16 m
+
+
+def fmt(x: int | str) -> int:
+    """A format from its number, name ('q8') or bit width (8)."""
+    if isinstance(x, str):
+        if x not in BY_NAME:
+            raise ValueError(f"unknown format {x!r}; known: {', '.join(BY_NAME)}")
+        return BY_NAME[x]
+    if x in NAMES:
+        return x
+    raise ValueError(f"unknown format {x!r}")
+
+
+def from_bits(bits: int) -> int:
+    """32 -> F32, 16 -> F16, 8 -> Q8, 4 -> Q4."""
+    if bits not in BY_BITS:
+        raise ValueError(f"no format stores {bits} bits; known: {sorted(BY_BITS)}")
+    return BY_BITS[bits]
+
+
+def is_grouped(f: int) -> bool:
+    return f in _HEADER
+
+
+def group_bytes(f: int, group: int) -> int:
+    """Bytes of one block (one group of ``group`` values) of a block format."""
+    if not is_grouped(f):
+        raise ValueError(f"{NAMES.get(f, f)} has no groups")
+    return _HEADER[f] + group * BITS[f] // 8
+
+
+def row_bytes(f: int, group: int, n: int) -> int:
+    """Bytes that ``n`` values take (one (token, head) row when n = head_dim)."""
+    if f == F32:
+        return 4 * n
+    if f == F16:
+        return 2 * n
+    if n % group:
+        raise ValueError(f"{n} values do not split into groups of {group}")
+    return n // group * group_bytes(f, group)
+
+
+def token_bytes(k_fmt: int, v_fmt: int, group: int, n_layers: int, n_kv_heads: int, head_dim: int) -> int:
+    """Bytes of one token's K and V over all layers (uniform formats)."""
+    return n_layers * n_kv_heads * (row_bytes(k_fmt, group, head_dim) + row_bytes(v_fmt, group, head_dim))
+
+
+# ---------------------------------------------------------------------------------------
+# Error codes (KV_OK, KV_ENOMEM, ... in wasm/kvstore.h)
+# ---------------------------------------------------------------------------------------
+
+OK = 0
+ENOMEM = -1
+EINVAL = -2
+ESTATE = -3
+
+ERRORS = {
+    ENOMEM: "out of memory (the store's memory limit or the 2 GiB wasm maximum); nothing changed",
+    EINVAL: "invalid argument",
+    ESTATE: "bad state (not initialised, layer already holds tokens, or no open step)",
+}
+
+
+def message(code: int) -> str:
+    return ERRORS.get(code, f"unknown error {code}")

@@ -1,0 +1,1 @@
+"""Hosts: where the model and the KV store run (see ``base.Host``)."""

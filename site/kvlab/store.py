@@ -1,0 +1,219 @@
+"""The KV store, seen from Python: a thin, pure-Python wrapper over the wasm exports.
+
+The store (wasm/*.c) holds the compressed KV cache and the dequantized fp32 "staging" past
+the model reads. This class only calls exports and parses the step table; it runs under
+Pyodide (no NumPy), so it never touches tensors: the host moves bytes between the store's
+memory and the model at the pointers in the step table.
+
+The module it wraps is anything with this small protocol (``kvlab.host.wasmtime_module``
+natively, the ``js`` bridge in the browser)::
+
+    call(name, *args) -> int | float      # an export; i32 / f32 arguments only
+    read(ptr, nbytes) -> bytes            # copy out of linear memory
+    write(ptr, data: bytes) -> None       # copy into linear memory
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import NamedTuple, Protocol
+
+from . import formats
+
+# ---------------------------------------------------------------------------------------
+# Module protocol and errors
+# ---------------------------------------------------------------------------------------
+
+
+class Module(Protocol):
+    def call(self, name: str, *args: int | float) -> int | float: ...
+
+    def read(self, ptr: int, nbytes: int) -> bytes: ...
+
+    def write(self, ptr: int, data: bytes) -> None: ...
+
+
+class StoreError(RuntimeError):
+    """A store export returned a negative code (see ``kvlab.formats.ERRORS``)."""
+
+    def __init__(self, code: int, what: str):
+        self.code = code
+        super().__init__(f"{what}: {formats.message(code)} ({code})")
+
+
+# ---------------------------------------------------------------------------------------
+# The step table
+# ---------------------------------------------------------------------------------------
+
+TABLE_HEAD = 4  # int32 words before the per-layer entries
+TABLE_LAYER = 8  # int32 words per layer
+
+
+class LayerIO(NamedTuple):
+    """One layer's buffers for a step (pointers into the store's memory).
+
+    past_k, past_v: (kv_heads, P, head_dim) f32, the staging the model reads.
+    past_mask: (kv_heads, P) f32, 0 for live slots, -1e9 for empty ones.
+    P: slots handed to the model (staging capacity, >= tokens + S).
+    new_k, new_v: (kv_heads, S, head_dim) f32, the host writes the new tokens' K/V.
+    attn: (q_heads, P + S) f32, entropy: (q_heads,) f32, written by the host.
+    """
+
+    past_k: int
+    past_v: int
+    past_mask: int
+    P: int
+    new_k: int
+    new_v: int
+    attn: int
+    entropy: int
+
+
+class StepTable(NamedTuple):
+    """What ``kv_step_begin(S)`` reserved: where the host reads the past and writes outputs.
+
+    logits: (vocab,) f32, written by the host. Valid until the next step_begin/reset/init.
+    """
+
+    ptr: int
+    S: int
+    logits: int
+    layers: list[LayerIO]
+
+    @classmethod
+    def parse(cls, ptr: int, raw: bytes) -> StepTable:
+        """From the table's int32 words: [n_layers, S, logits, reserved, 8 per layer...]."""
+        words = struct.unpack(f"<{len(raw) // 4}i", raw)
+        n_layers, S, logits = words[0], words[1], words[2]
+        layers = [
+            LayerIO._make(words[TABLE_HEAD + TABLE_LAYER * i : TABLE_HEAD + TABLE_LAYER * (i + 1)])
+            for i in range(n_layers)
+        ]
+        return cls(ptr, S, logits, layers)
+
+
+# ---------------------------------------------------------------------------------------
+# The store
+# ---------------------------------------------------------------------------------------
+
+PART_K, PART_V, PART_META = 0, 1, 2
+
+
+class KVStore:
+    """The KV store's exports with Python errors and a parsed step table.
+
+    Typical use per model run of S new tokens::
+
+        table = store.step_begin(S)      # reserves everything; StoreError(-1) if no memory
+        host.run(ids, positions, table)  # reads table.layers[i].past_*, writes new_*/logits
+        store.step_commit(S)             # appends (quantizes + fills staging); cannot fail
+        token = store.sample(table.logits, temperature=0.7, top_k=40, top_p=0.95)
+    """
+
+    def __init__(self, module: Module):
+        self.module = module
+        self.n_layers = 0
+        self.n_kv_heads = 0
+        self.n_q_heads = 0
+        self.head_dim = 0
+        self.vocab = 0
+
+    def _call(self, name: str, *args: int | float) -> int:
+        r = self.module.call(name, *args)
+        if isinstance(r, int) and r < 0:
+            raise StoreError(r, name)
+        return r
+
+    # ---- setup
+
+    def init(self, n_layers: int, n_kv_heads: int, n_q_heads: int, head_dim: int, vocab: int) -> None:
+        """Shape the cache (drops any previous one); every layer starts f32/f32, G=32."""
+        self._call("kv_init", n_layers, n_kv_heads, n_q_heads, head_dim, vocab)
+        self.n_layers, self.n_kv_heads, self.n_q_heads = n_layers, n_kv_heads, n_q_heads
+        self.head_dim, self.vocab = head_dim, vocab
+
+    def configure(self, layer: int, k_fmt: int | str, v_fmt: int | str, group: int = formats.GROUP_DEFAULT) -> None:
+        """Formats of one layer's K and V (layer -1: all); the layer must hold no tokens."""
+        self._call("kv_configure", layer, formats.fmt(k_fmt), formats.fmt(v_fmt), group)
+
+    def reset(self) -> None:
+        """Drop all tokens; their memory goes back to the store's allocator (formats stay)."""
+        self._call("kv_reset")
+
+    def set_limit(self, max_bytes: int) -> None:
+        """Cap the store's heap (<= 0: no cap beyond the 2 GiB wasm maximum)."""
+        self._call("kv_set_limit", max_bytes)
+
+    # ---- steps
+
+    def step_begin(self, S: int) -> StepTable:
+        """Reserve the appending of S tokens; returns the step table."""
+        ptr = self._call("kv_step_begin", S)
+        n = self.n_layers or struct.unpack("<i", self.module.read(ptr, 4))[0]
+        return StepTable.parse(ptr, self.module.read(ptr, 4 * (TABLE_HEAD + TABLE_LAYER * n)))
+
+    def step_commit(self, S: int) -> None:
+        """Append the S new tokens the host wrote into the step's new_k / new_v."""
+        self._call("kv_step_commit", S)
+
+    # ---- accounting
+
+    def bytes(self, layer: int = -1, part: int | None = None) -> int:
+        """Exact bytes held: part 0 K, 1 V, 2 metadata, None = all three; layer -1 = all."""
+        if part is None:
+            return sum(self._call("kv_bytes", layer, p) for p in (PART_K, PART_V, PART_META))
+        return self._call("kv_bytes", layer, part)
+
+    def tokens(self, layer: int = -1) -> int:
+        """Live tokens of a layer; layer -1: tokens appended since reset (next position)."""
+        return self._call("kv_tokens", layer)
+
+    def capacity(self, layer: int) -> int:
+        """Staging slots (P) of a layer."""
+        return self._call("kv_capacity", layer)
+
+    def heap_bytes(self) -> int:
+        """Linear memory the store's allocator has taken (never shrinks)."""
+        return self._call("kv_heap_bytes")
+
+    def staging_bytes(self) -> int:
+        """Bytes of the fp32 staging buffers (K, V, mask at capacity)."""
+        return self._call("kv_staging_bytes")
+
+    def io_bytes(self) -> int:
+        return self._call("kv_io_bytes")
+
+    def version(self) -> int:
+        return self._call("kv_version")
+
+    # ---- choosing the next token
+
+    def argmax(self, ptr: int, n: int | None = None) -> int:
+        """Index of the largest of n f32 at ptr (default n: vocab)."""
+        return self._call("kv_argmax", ptr, self.vocab if n is None else n)
+
+    def seed(self, seed: int) -> None:
+        """Seed the sampler's PCG32 (any int; its low 32 bits are used)."""
+        s = seed & 0xFFFFFFFF
+        self._call("kv_seed", s - (1 << 32) if s >= 1 << 31 else s)
+
+    def sample(
+        self, ptr: int, n: int | None = None, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0
+    ) -> int:
+        """Sample a token from n logits at ptr (temperature <= 0: argmax)."""
+        return self._call("kv_sample", ptr, self.vocab if n is None else n, float(temperature), top_k, float(top_p))
+
+    # ---- scratch memory and raw kernels (tests, benchmarks, tools)
+
+    def alloc(self, n: int) -> int:
+        return self._call("kv_alloc", n)
+
+    def free(self, ptr: int) -> None:
+        self._call("kv_free", ptr)
+
+    def quantize(self, fmt: int | str, group: int, src: int, n: int, dst: int) -> int:
+        """Quantize n f32 at src into dst; returns the bytes written."""
+        return self._call("kv_quantize", formats.fmt(fmt), group, src, n, dst)
+
+    def dequantize(self, fmt: int | str, group: int, src: int, n: int, dst: int) -> int:
+        return self._call("kv_dequantize", formats.fmt(fmt), group, src, n, dst)

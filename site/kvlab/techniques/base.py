@@ -1,0 +1,93 @@
+"""The one interface every compression technique implements.
+
+A *policy* is a JSON object ``{technique name: {parameter: value}}``; ``{}`` is the full
+fp32 cache. Techniques compose: each configures the store before the prompt is read
+(formats, budgets) and may act after each model step (eviction, re-compression).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+class PolicyError(ValueError):
+    """A policy that cannot be applied: unknown technique, unknown or invalid parameter."""
+
+
+@dataclass(frozen=True)
+class Param:
+    """One parameter of a technique, described well enough to validate it and draw a control."""
+
+    name: str
+    kind: str  # "int" | "float" | "bool"
+    default: Any
+    help: str
+    choices: tuple = ()  # allowed values, when the set is small and discrete
+    lo: float | None = None  # inclusive bounds, when continuous
+    hi: float | None = None
+
+    def check(self, technique: str, value: Any) -> Any:
+        where = f"{technique}.{self.name}"
+        if self.kind == "bool":
+            if not isinstance(value, bool):
+                raise PolicyError(f"{where} must be true or false, got {value!r}")
+            return value
+        # bool is an int subclass in Python: refuse it for numbers, it is always a mistake
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise PolicyError(f"{where} must be a number, got {value!r}")
+        if self.kind == "int":
+            if isinstance(value, float) and not value.is_integer():
+                raise PolicyError(f"{where} must be a whole number, got {value!r}")
+            value = int(value)
+        else:
+            value = float(value)
+        if self.choices and value not in self.choices:
+            allowed = ", ".join(str(c) for c in self.choices)
+            raise PolicyError(f"{where} must be one of {allowed}; got {value!r}")
+        if self.lo is not None and value < self.lo or self.hi is not None and value > self.hi:
+            raise PolicyError(f"{where} must be between {self.lo} and {self.hi}; got {value!r}")
+        return value
+
+    def describe(self) -> dict:
+        """The parameter as plain data (for the page and ``kvlab techniques``)."""
+        return {
+            "name": self.name, "kind": self.kind, "default": self.default, "help": self.help,
+            "choices": list(self.choices), "lo": self.lo, "hi": self.hi,
+        }
+
+
+@dataclass
+class Technique:
+    """Base class: subclasses set the class attributes and override the hooks they need."""
+
+    name: str = ""
+    family: str = ""  # "quantize" | "evict" | "structure"
+    summary: str = ""
+    source: str = ""  # the paper / seed document it is based on
+    params: tuple[Param, ...] = field(default_factory=tuple)
+
+    def validate(self, given: Any) -> dict:
+        """Check a technique's parameter object and fill in defaults."""
+        if not isinstance(given, dict):
+            raise PolicyError(f"{self.name} takes an object of parameters, got {given!r}")
+        known = {p.name: p for p in self.params}
+        unknown = sorted(set(given) - set(known))
+        if unknown:
+            raise PolicyError(
+                f"unknown parameter {unknown[0]!r} for {self.name}; "
+                f"it takes: {', '.join(known) or 'nothing'}"
+            )
+        return {p.name: p.check(self.name, given.get(p.name, p.default)) for p in self.params}
+
+    def configure(self, store, params: dict, config: dict) -> None:
+        """Set the store up before any token is cached (formats, budgets)."""
+
+    def after_step(self, store, params: dict, config: dict) -> None:
+        """Act after the store took a step's new tokens (evict, re-compress)."""
+
+    def describe(self) -> dict:
+        return {
+            "name": self.name, "family": self.family, "summary": self.summary,
+            "source": self.source, "params": [p.describe() for p in self.params],
+        }

@@ -1,0 +1,119 @@
+"""Quantized caches on real text: byte counts by formula, and what quality they cost.
+
+Teacher forcing over real text (CPython's own reference documentation): the first
+``CONTEXT`` tokens are read as the prompt (cached, compressed), then each of the next
+``POSITIONS`` tokens is fed one at a time, so every prediction attends to the compressed
+past. The next-token distributions are compared with the full fp32 cache's at the same
+positions: KL(full ‖ compressed) in nats, and top-1 agreement.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from kvlab import formats
+from kvlab.engine import Request
+from kvlab.policy import parse_policy
+
+pytestmark = pytest.mark.slow
+
+CONTEXT = 256
+POSITIONS = 256
+VALUES_PER_TOKEN = 30 * 3 * 64 * 2  # layers × kv heads × head_dim × (K and V) = 11,520
+
+# named budgets: what "works" means for each configuration (measured values are printed)
+BUDGETS = {
+    "q8/q8": {"kl_max": 0.005, "top1_min": 0.97},
+    "q4/q4": {"kl_max": 0.15, "top1_min": 0.80},
+}
+
+
+def real_text_ids(engine, n: int) -> list[int]:
+    import pydoc_data.topics as topics
+
+    text = "\n\n".join(topics.topics[k] for k in sorted(topics.topics))
+    ids = engine.tokenizer.encode(text[:200_000])
+    assert len(ids) >= n
+    return ids[:n]
+
+
+def teacher_forced_logits(engine, ids: list[int], context: int, policy: dict) -> np.ndarray:
+    """Logits (positions, vocab) for predicting ids[context+1 ..] from a compressed cache."""
+    pol = parse_policy(policy)
+    store, vocab = engine.store, engine.config["vocab"]
+    store.reset()
+    from kvlab import policy as policies
+    policies.configure(store, pol, engine.config)
+    out = []
+    ptr = engine._run(ids[:context], 0, pol)
+    for pos in range(context, len(ids)):
+        out.append(np.frombuffer(engine.host.module.read(ptr, vocab * 4), dtype=np.float32).copy())
+        ptr = engine._run([ids[pos]], pos, pol)
+    return np.stack(out)
+
+
+def log_softmax(x: np.ndarray) -> np.ndarray:
+    x = x.astype(np.float64)
+    m = x.max(axis=-1, keepdims=True)
+    return x - m - np.log(np.exp(x - m).sum(axis=-1, keepdims=True))
+
+
+@pytest.fixture(scope="module")
+def full_run(engine):
+    ids = real_text_ids(engine, CONTEXT + POSITIONS)
+    return ids, teacher_forced_logits(engine, ids, CONTEXT, {})
+
+
+@pytest.mark.parametrize("name, bits", [("q8/q8", 8), ("q4/q4", 4)])
+def test_quantized_cache_quality(engine, full_run, name, bits):
+    ids, full = full_run
+    pol = {"quant": {"k_bits": bits, "v_bits": bits, "group_size": 32}}
+    comp = teacher_forced_logits(engine, ids, CONTEXT, pol)
+    lp, lq = log_softmax(full), log_softmax(comp)
+    kl = float((np.exp(lp) * (lp - lq)).sum(axis=-1).mean())
+    top1 = float((full.argmax(-1) == comp.argmax(-1)).mean())
+    # perplexity of the real continuation, as a reader's sanity anchor
+    tgt = np.array(ids[CONTEXT:])
+    ppl_full = float(np.exp(-lp[np.arange(len(tgt)), tgt].mean()))
+    ppl_comp = float(np.exp(-lq[np.arange(len(tgt)), tgt].mean()))
+    print(json.dumps({"config": name, "positions": len(tgt), "kl_vs_full": round(kl, 5),
+                      "top1_agreement": round(top1, 4), "ppl_full": round(ppl_full, 3),
+                      "ppl": round(ppl_comp, 3)}))
+    assert len(tgt) >= 256
+    assert kl <= BUDGETS[name]["kl_max"]
+    assert top1 >= BUDGETS[name]["top1_min"]
+
+
+def test_compression_costs_something(engine, full_run):
+    """The comparison can fail: a 4-bit cache is measurably not the full cache."""
+    ids, full = full_run
+    comp = teacher_forced_logits(engine, ids[:CONTEXT + 32], CONTEXT, {"quant": {"k_bits": 4, "v_bits": 4}})
+    assert np.abs(comp - full[:32]).max() > 1e-3
+
+
+@pytest.mark.parametrize("k_bits, v_bits", [(32, 32), (16, 16), (8, 8), (4, 4), (4, 16), (8, 4)])
+@pytest.mark.parametrize("group", [16, 32, 64])
+def test_cache_bytes_equal_the_formula(engine, k_bits, v_bits, group):
+    res = engine.generate(Request(
+        prompt="Bytes are counted exactly, not estimated.", max_new_tokens=5, ignore_eos=True,
+        policy={"quant": {"k_bits": k_bits, "v_bits": v_bits, "group_size": group}},
+    ))
+    tokens = len(res["prompt_ids"]) + len(res["ids"]) - 1  # the last token is never fed back
+    assert res["tokens_cached"] == tokens
+    half = VALUES_PER_TOKEN // 2
+    expect = tokens * (formats.row_bytes(formats.from_bits(k_bits), group, half)
+                       + formats.row_bytes(formats.from_bits(v_bits), group, half))
+    assert res["cache_bytes"] == expect
+    assert res["fp32_bytes"] == tokens * VALUES_PER_TOKEN * 4
+    assert res["fp16_bytes"] == tokens * VALUES_PER_TOKEN * 2
+    if (k_bits, v_bits) == (32, 32):
+        assert res["cache_bytes"] == res["fp32_bytes"]
+    if (k_bits, v_bits, group) == (4, 4, 32):  # Q4_1: 2 fp16 + 16 bytes per 32 values
+        assert res["cache_bytes"] == tokens * (VALUES_PER_TOKEN // 32) * 20
+    if (k_bits, v_bits, group) == (8, 8, 32):  # Q8_0: 1 fp16 + 32 bytes per 32 values
+        assert res["cache_bytes"] == tokens * (VALUES_PER_TOKEN // 32) * 34
+    layers = res["layer_bytes"]
+    assert len(layers) == 30 and sum(k + v for k, v in layers) == res["cache_bytes"]

@@ -1,0 +1,1 @@
+"""Independent NumPy reference implementations that the builder's and kernels' outputs are tested against."""

@@ -1,0 +1,407 @@
+// KV Cache Lab: the cache (compressed store + staging) and the step protocol.
+//
+// Per layer and KV head the cache keeps K and V twice:
+//   - the compressed store, in the layer's formats (what the byte counts measure);
+//   - the staging copy, fp32, dequantized from the compressed store: the "materialized
+//     past" handed to the model. A token is dequantized once, when appended, so the model
+//     sees exactly what the compressed cache holds and decode never re-dequantizes the past.
+//
+// The engine runs the model on S new tokens per step:
+//   table = kv_step_begin(S)   reserves everything the commit needs (staging capacity,
+//                              compressed capacity, I/O buffers) or fails changing nothing;
+//   host: model(past = staging, new tokens) -> writes new K/V, attn, entropy, logits into
+//         the I/O buffers named by the table;
+//   kv_step_commit(S)          quantizes the S new tokens of every layer into the store and
+//                              their dequantized values into staging; cannot fail.
+//
+// Step table (int32 words, stays valid until the next kv_step_begin / reset / init):
+//   [0] n_layers  [1] S  [2] logits_ptr (vocab,) f32  [3] reserved (0)
+//   per layer i at word 4 + 8 i:
+//     past_k_ptr, past_v_ptr   (kv_heads, P_i, head_dim) f32   staging, read by the model
+//     past_mask_ptr            (kv_heads, P_i) f32             0 live, -1e9 empty
+//     P_i                      staging capacity in slots (the model gets all P_i slots)
+//     new_k_ptr, new_v_ptr     (kv_heads, S, head_dim) f32     written by the host
+//     attn_ptr                 (q_heads, P_i + S) f32          written by the host
+//     entropy_ptr              (q_heads,) f32                  written by the host
+
+#include "kvstore.h"
+
+#define SLOT_ROUND 64       // capacities are multiples of this many tokens
+#define MASK_EMPTY (-1e9f)  // additive attention mask of an empty / evicted slot
+#define MAX_BYTES 0x7fff0000u
+#define TABLE_HEAD 4        // words before the per-layer entries
+#define TABLE_LAYER 8       // words per layer
+
+// ---------------------------------------------------------------------------------------
+// State
+// ---------------------------------------------------------------------------------------
+
+typedef struct {
+    // configuration
+    int32_t fmt[2];   // storage format of K [0] and V [1] (kv_format)
+    int32_t group;    // group size G along head_dim (quantized formats)
+    int32_t row[2];   // bytes of one (token, kv head) row of K / V
+    // compressed store, token-major: an append is one contiguous write, a growth one copy
+    uint8_t *data[2]; // K / V: (ccap, kv_heads, row) bytes
+    int32_t ccap;     // compressed capacity in tokens
+    int32_t tokens;   // live tokens
+    // staging, head-major like the model's past input
+    float *stage[2];  // K / V: (kv_heads, pcap, head_dim) f32, dequantized
+    float *mask;      // (kv_heads, pcap) f32: 0 live, -1e9 empty
+    int32_t pcap;     // staging capacity in slots (P_i)
+    int32_t used;     // slots written in append order (== tokens until eviction exists)
+} kv_layer;
+
+// What kv_step_begin allocated for one layer before it commits to anything.
+typedef struct {
+    float *stage[2];
+    float *mask;
+    int32_t pcap;
+    uint8_t *data[2];
+    int32_t ccap;
+} kv_grow;
+
+static struct {
+    int32_t ready;
+    int32_t n_layers, n_kv_heads, n_q_heads, head_dim, vocab;
+    kv_layer *layer;  // (n_layers,)
+    kv_grow *grow;    // (n_layers,) scratch of kv_step_begin
+    int32_t *table;   // (4 + 8 n_layers,) step table words
+    uint8_t *io;      // the I/O buffers of the open step, one allocation
+    size_t io_cap;    // bytes of io
+    int32_t open_S;   // S of the open step, 0 when none
+    int32_t appended; // tokens appended since reset: the next token's position
+} kv;
+
+// ---------------------------------------------------------------------------------------
+// Helpers
+// ---------------------------------------------------------------------------------------
+
+// Capacity for `need` slots: unchanged if it fits, else grow by >= 25% (amortised
+// re-layout copies), rounded up to a multiple of 64. 0 if the size is absurd.
+static int32_t grow_cap(int32_t cur, int64_t need) {
+    if (need <= cur) return cur;
+    int64_t c = (int64_t)cur + cur / 4;
+    if (c < need) c = need;
+    c = (c + SLOT_ROUND - 1) / SLOT_ROUND * SLOT_ROUND;
+    return c > (1 << 26) ? 0 : (int32_t)c;
+}
+
+static void *alloc_bytes(uint64_t n) { return n > MAX_BYTES ? 0 : kv_malloc((size_t)n); }
+
+static void free_layer(kv_layer *L) {
+    for (int p = 0; p < 2; p++) {
+        kv_mfree(L->stage[p]);
+        kv_mfree(L->data[p]);
+        L->stage[p] = 0;
+        L->data[p] = 0;
+    }
+    kv_mfree(L->mask);
+    L->mask = 0;
+    L->ccap = L->tokens = L->pcap = L->used = 0;
+}
+
+static void free_grow(kv_grow *g) {
+    for (int p = 0; p < 2; p++) {
+        kv_mfree(g->stage[p]);
+        kv_mfree(g->data[p]);
+    }
+    kv_mfree(g->mask);
+    *g = (kv_grow){0};
+}
+
+static void free_all(void) {
+    for (int32_t l = 0; l < kv.n_layers; l++) free_layer(&kv.layer[l]);
+    kv_mfree(kv.io);
+    kv.io = 0;
+    kv.io_cap = 0;
+    kv.open_S = 0;
+    kv.appended = 0;
+}
+
+// ---------------------------------------------------------------------------------------
+// Setup
+// ---------------------------------------------------------------------------------------
+
+// Set the model's shape; every layer starts as K = V = F32, G = 32, empty. A second call
+// drops the previous cache (after the new state is allocated: on failure it is kept).
+KV_EXPORT(kv_init)
+int32_t kv_init(int32_t n_layers, int32_t n_kv_heads, int32_t n_q_heads, int32_t head_dim, int32_t vocab) {
+    if (n_layers < 1 || n_layers > 4096 || n_kv_heads < 1 || n_kv_heads > 1024 || n_q_heads < 1 ||
+        n_q_heads > 4096 || head_dim < 1 || head_dim > 4096 || vocab < 1 || vocab > (1 << 24))
+        return KV_EINVAL;
+    kv_layer *layer = kv_malloc(sizeof(kv_layer) * (size_t)n_layers);
+    kv_grow *grow = kv_malloc(sizeof(kv_grow) * (size_t)n_layers);
+    int32_t *table = kv_malloc(4u * (size_t)(TABLE_HEAD + TABLE_LAYER * n_layers));
+    if (!layer || !grow || !table || kv_sample_reserve(vocab) != KV_OK) {
+        kv_mfree(layer);
+        kv_mfree(grow);
+        kv_mfree(table);
+        return KV_ENOMEM;
+    }
+    if (kv.ready) {
+        free_all();
+        kv_mfree(kv.layer);
+        kv_mfree(kv.grow);
+        kv_mfree(kv.table);
+    }
+    kv.n_layers = n_layers;
+    kv.n_kv_heads = n_kv_heads;
+    kv.n_q_heads = n_q_heads;
+    kv.head_dim = head_dim;
+    kv.vocab = vocab;
+    kv.layer = layer;
+    kv.grow = grow;
+    kv.table = table;
+    for (int32_t l = 0; l < n_layers; l++) {
+        layer[l] = (kv_layer){.fmt = {KV_F32, KV_F32}, .group = KV_GROUP_DEFAULT, .row = {4 * head_dim, 4 * head_dim}};
+        grow[l] = (kv_grow){0};
+    }
+    kv.io = 0;
+    kv.io_cap = 0;
+    kv.open_S = 0;
+    kv.appended = 0;
+    kv.ready = 1;
+    return KV_OK;
+}
+
+// Choose the storage formats of a layer (-1: all layers). KV_ESTATE if a chosen layer
+// holds tokens (nothing changes then). Cancels an open step (its reservation may no
+// longer fit): call kv_step_begin again.
+KV_EXPORT(kv_configure)
+int32_t kv_configure(int32_t layer, int32_t k_fmt, int32_t v_fmt, int32_t group) {
+    if (!kv.ready) return KV_ESTATE;
+    if (layer < -1 || layer >= kv.n_layers) return KV_EINVAL;
+    if (!kv_valid_format(k_fmt, group, kv.head_dim) || !kv_valid_format(v_fmt, group, kv.head_dim))
+        return KV_EINVAL;
+    int32_t lo = layer < 0 ? 0 : layer, hi = layer < 0 ? kv.n_layers : layer + 1;
+    for (int32_t l = lo; l < hi; l++)
+        if (kv.layer[l].tokens > 0 || kv.layer[l].used > 0) return KV_ESTATE;
+    int32_t fmts[2] = {k_fmt, v_fmt};
+    for (int32_t l = lo; l < hi; l++) {
+        kv_layer *L = &kv.layer[l];
+        for (int p = 0; p < 2; p++) {
+            int32_t row = (int32_t)kv_row_bytes(fmts[p], group, kv.head_dim);
+            if (row != L->row[p]) { // the old reservation has the wrong row size
+                kv_mfree(L->data[p]);
+                L->data[p] = 0;
+                L->ccap = 0;
+            }
+            L->fmt[p] = fmts[p];
+            L->row[p] = row;
+        }
+        L->group = group;
+    }
+    kv.open_S = 0;
+    return KV_OK;
+}
+
+// Drop every token and return all token memory (staging, store, I/O) to the allocator.
+// The formats stay. The wasm memory itself cannot shrink: kv_heap_bytes() stays, and the
+// next fill reuses it.
+KV_EXPORT(kv_reset) int32_t kv_reset(void) {
+    if (!kv.ready) return KV_ESTATE;
+    free_all();
+    return KV_OK;
+}
+
+// ---------------------------------------------------------------------------------------
+// Step protocol
+// ---------------------------------------------------------------------------------------
+
+static inline float *f32_at(uint8_t *base, uint64_t off) { return (float *)(base + off); }
+static inline uint64_t r4(uint64_t n) { return (n + 3) & ~3ull; } // keeps I/O regions 16-byte aligned
+
+// Reserve what appending S tokens needs and lay out the step's I/O; returns the table
+// pointer, or KV_ENOMEM (nothing changed), KV_EINVAL, KV_ESTATE.
+KV_EXPORT(kv_step_begin) int32_t kv_step_begin(int32_t S) {
+    if (!kv.ready) return KV_ESTATE;
+    if (S < 1 || S > (1 << 24)) return KV_EINVAL;
+    const int64_t H = kv.n_kv_heads, D = kv.head_dim, Q = kv.n_q_heads;
+    int failed = 0;
+
+    // ---- 1. allocate (nothing is changed until everything is there)
+    uint64_t io_floats = 0; // (vocab,) logits, then per layer new_k, new_v, attn, entropy
+    io_floats += r4((uint64_t)kv.vocab);
+    for (int32_t l = 0; l < kv.n_layers; l++) {
+        kv_layer *L = &kv.layer[l];
+        kv_grow *g = &kv.grow[l];
+        *g = (kv_grow){0};
+        g->pcap = grow_cap(L->pcap, (int64_t)L->used + S);
+        g->ccap = grow_cap(L->ccap, (int64_t)L->tokens + S);
+        if (!g->pcap || !g->ccap) {
+            failed = 1;
+            break;
+        }
+        if (g->pcap != L->pcap) {
+            for (int p = 0; p < 2; p++) g->stage[p] = alloc_bytes(4ull * H * g->pcap * D);
+            g->mask = alloc_bytes(4ull * H * g->pcap);
+            if (!g->stage[0] || !g->stage[1] || !g->mask) failed = 1;
+        }
+        if (g->ccap != L->ccap || !L->data[0]) {
+            for (int p = 0; p < 2; p++) g->data[p] = alloc_bytes((uint64_t)g->ccap * H * L->row[p]);
+            if (!g->data[0] || !g->data[1]) failed = 1;
+        }
+        if (failed) break;
+        io_floats += 2 * r4((uint64_t)(H * S * D)) + r4((uint64_t)(Q * (g->pcap + S))) + r4((uint64_t)Q);
+    }
+    uint8_t *io_new = 0;
+    uint64_t io_bytes = 4 * io_floats;
+    if (!failed && io_bytes > kv.io_cap && !(io_new = alloc_bytes(io_bytes))) failed = 1;
+    if (failed) {
+        for (int32_t l = 0; l < kv.n_layers; l++) free_grow(&kv.grow[l]);
+        return KV_ENOMEM;
+    }
+
+    // ---- 2. apply: re-layout grown staging, move grown stores (cannot fail from here)
+    for (int32_t l = 0; l < kv.n_layers; l++) {
+        kv_layer *L = &kv.layer[l];
+        kv_grow *g = &kv.grow[l];
+        if (g->mask) {
+            for (int p = 0; p < 2; p++) {
+                for (int64_t h = 0; h < H; h++) { // (H, pcap, D) -> (H, new pcap, D)
+                    float *dst = g->stage[p] + h * g->pcap * D;
+                    if (L->used) __builtin_memmove(dst, L->stage[p] + h * L->pcap * D, 4ull * L->used * D);
+                    __builtin_memset(dst + L->used * D, 0, 4ull * (g->pcap - L->used) * D);
+                }
+                kv_mfree(L->stage[p]);
+                L->stage[p] = g->stage[p];
+            }
+            for (int64_t h = 0; h < H; h++) { // (H, pcap) -> (H, new pcap)
+                float *dst = g->mask + h * g->pcap;
+                if (L->used) __builtin_memmove(dst, L->mask + h * L->pcap, 4ull * L->used);
+                for (int32_t t = L->used; t < g->pcap; t++) dst[t] = MASK_EMPTY;
+            }
+            kv_mfree(L->mask);
+            L->mask = g->mask;
+            L->pcap = g->pcap;
+        }
+        if (g->data[0]) {
+            for (int p = 0; p < 2; p++) {
+                if (L->tokens) __builtin_memmove(g->data[p], L->data[p], (size_t)L->tokens * H * L->row[p]);
+                kv_mfree(L->data[p]);
+                L->data[p] = g->data[p];
+            }
+            L->ccap = g->ccap;
+        }
+        *g = (kv_grow){0};
+    }
+    if (io_new) {
+        kv_mfree(kv.io);
+        kv.io = io_new;
+        kv.io_cap = io_bytes;
+    }
+
+    // ---- 3. the table
+    int32_t *t = kv.table;
+    uint64_t off = 0;
+    t[0] = kv.n_layers;
+    t[1] = S;
+    t[2] = (int32_t)(uintptr_t)f32_at(kv.io, off);
+    t[3] = 0;
+    off += 4 * r4((uint64_t)kv.vocab);
+    for (int32_t l = 0; l < kv.n_layers; l++) {
+        kv_layer *L = &kv.layer[l];
+        int32_t *e = t + TABLE_HEAD + TABLE_LAYER * l;
+        e[0] = (int32_t)(uintptr_t)L->stage[0];
+        e[1] = (int32_t)(uintptr_t)L->stage[1];
+        e[2] = (int32_t)(uintptr_t)L->mask;
+        e[3] = L->pcap;
+        e[4] = (int32_t)(uintptr_t)f32_at(kv.io, off);
+        off += 4 * r4((uint64_t)(H * S * D));
+        e[5] = (int32_t)(uintptr_t)f32_at(kv.io, off);
+        off += 4 * r4((uint64_t)(H * S * D));
+        e[6] = (int32_t)(uintptr_t)f32_at(kv.io, off);
+        off += 4 * r4((uint64_t)(Q * (L->pcap + S)));
+        e[7] = (int32_t)(uintptr_t)f32_at(kv.io, off);
+        off += 4 * r4((uint64_t)Q);
+    }
+    kv.open_S = S;
+    return (int32_t)(uintptr_t)t;
+}
+
+// Append the open step's S new tokens of every layer: quantize each (token, head) row of
+// new_k / new_v into the store, and write its dequantized value into the staging slot.
+KV_EXPORT(kv_step_commit) int32_t kv_step_commit(int32_t S) {
+    if (!kv.ready || kv.open_S == 0) return KV_ESTATE;
+    if (S != kv.open_S) return KV_EINVAL;
+    const int32_t H = kv.n_kv_heads, D = kv.head_dim;
+    for (int32_t l = 0; l < kv.n_layers; l++) {
+        kv_layer *L = &kv.layer[l];
+        const int32_t *e = kv.table + TABLE_HEAD + TABLE_LAYER * l;
+        const float *src[2] = {(const float *)(uintptr_t)e[4], (const float *)(uintptr_t)e[5]}; // (H, S, D)
+        for (int p = 0; p < 2; p++) {
+            for (int32_t h = 0; h < H; h++) {
+                for (int32_t s = 0; s < S; s++) {
+                    uint8_t *row = L->data[p] + ((size_t)(L->tokens + s) * H + h) * (size_t)L->row[p];
+                    float *slot = L->stage[p] + ((size_t)h * L->pcap + L->used + s) * D;
+                    kv_quantize_row(L->fmt[p], L->group, src[p] + ((size_t)h * S + s) * D, D, row);
+                    kv_dequantize_row(L->fmt[p], L->group, row, D, slot);
+                }
+            }
+        }
+        for (int32_t h = 0; h < H; h++)
+            for (int32_t s = 0; s < S; s++) L->mask[(size_t)h * L->pcap + L->used + s] = 0.0f;
+        L->tokens += S;
+        L->used += S;
+    }
+    kv.appended += S;
+    kv.open_S = 0;
+    return KV_OK;
+}
+
+// ---------------------------------------------------------------------------------------
+// Accounting and inspection
+// ---------------------------------------------------------------------------------------
+
+// Exact bytes held for `part` (0 = K payload + scales, 1 = V, 2 = indices/metadata: none
+// yet) of a layer (-1: all layers). Capacity slack is not counted (see kv_heap_bytes).
+KV_EXPORT(kv_bytes) int32_t kv_bytes(int32_t layer, int32_t part) {
+    if (!kv.ready) return KV_ESTATE;
+    if (layer < -1 || layer >= kv.n_layers || part < 0 || part > 2) return KV_EINVAL;
+    int32_t lo = layer < 0 ? 0 : layer, hi = layer < 0 ? kv.n_layers : layer + 1;
+    uint64_t total = 0;
+    for (int32_t l = lo; l < hi; l++)
+        if (part < 2) total += (uint64_t)kv.layer[l].tokens * kv.n_kv_heads * kv.layer[l].row[part];
+    return (int32_t)total;
+}
+
+// Live tokens of a layer; layer -1: tokens appended since reset (the next position).
+KV_EXPORT(kv_tokens) int32_t kv_tokens(int32_t layer) {
+    if (!kv.ready) return KV_ESTATE;
+    if (layer < -1 || layer >= kv.n_layers) return KV_EINVAL;
+    return layer < 0 ? kv.appended : kv.layer[layer].tokens;
+}
+
+// Staging capacity (P_i) of a layer.
+KV_EXPORT(kv_capacity) int32_t kv_capacity(int32_t layer) {
+    if (!kv.ready) return KV_ESTATE;
+    if (layer < 0 || layer >= kv.n_layers) return KV_EINVAL;
+    return kv.layer[layer].pcap;
+}
+
+// Bytes of the staging buffers (K, V, mask at full capacity, all layers).
+KV_EXPORT(kv_staging_bytes) int32_t kv_staging_bytes(void) {
+    if (!kv.ready) return KV_ESTATE;
+    uint64_t total = 0;
+    for (int32_t l = 0; l < kv.n_layers; l++)
+        total += 4ull * kv.n_kv_heads * kv.layer[l].pcap * (2ull * kv.head_dim + 1);
+    return (int32_t)total;
+}
+
+// Bytes of the step I/O buffer (logits, new K/V, attn, entropy).
+KV_EXPORT(kv_io_bytes) int32_t kv_io_bytes(void) { return kv.ready ? (int32_t)kv.io_cap : KV_ESTATE; }
+
+// A layer's buffers, for tests and tools: 0 staging K, 1 staging V, 2 mask (as in the
+// table), 3 compressed K, 4 compressed V ((ccap, kv_heads, row) bytes). 0 when not
+// allocated. Valid until the next kv_step_begin / kv_reset / kv_init.
+KV_EXPORT(kv_layer_ptr) int32_t kv_layer_ptr(int32_t layer, int32_t which) {
+    if (!kv.ready) return KV_ESTATE;
+    if (layer < 0 || layer >= kv.n_layers || which < 0 || which > 4) return KV_EINVAL;
+    kv_layer *L = &kv.layer[layer];
+    void *p[5] = {L->stage[0], L->stage[1], L->mask, L->data[0], L->data[1]};
+    return (int32_t)(uintptr_t)p[which];
+}
+
+// The ABI version (KV_VERSION).
+KV_EXPORT(kv_version) int32_t kv_version(void) { return KV_VERSION; }

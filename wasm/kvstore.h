@@ -1,0 +1,120 @@
+// KV Cache Lab: the KV store's shared definitions.
+//
+// A standalone, import-free WebAssembly module (C11, wasm32-freestanding) that holds the
+// compressed KV cache of a decoder-only model, plus the "staging" copy (dequantized fp32)
+// that the model reads as its past, plus the few vocabulary-sized loops (argmax, sampling)
+// the pure-Python engine must not run itself.
+//
+// Everything here is defined ONCE and mirrored once in Python (site/kvlab/formats.py):
+// the error codes, the format enum, the block layouts. The byte-layout table lives in
+// wasm/README.md.
+//
+// ABI rule: every export takes and returns i32 or f32 only (no i64: JS BigInt pain);
+// pointers are i32 offsets into the exported memory, always < 2 GiB (max memory), so
+// they stay positive and negative returns can mean errors.
+
+#ifndef KVSTORE_H
+#define KVSTORE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define KV_EXPORT(name) __attribute__((export_name(#name), visibility("default")))
+
+// ABI version: bump when an export, the step table or a byte layout changes.
+#define KV_VERSION 1
+
+// ---------------------------------------------------------------------------------------
+// Error codes (mirrored in site/kvlab/formats.py: ERRORS)
+// ---------------------------------------------------------------------------------------
+
+#define KV_OK 0
+#define KV_ENOMEM -1 // out of memory: growth failed (limit or max memory); state unchanged
+#define KV_EINVAL -2 // invalid argument
+#define KV_ESTATE -3 // bad state: not initialized, layer holds tokens, no open step, ...
+
+// ---------------------------------------------------------------------------------------
+// Formats (mirrored in site/kvlab/formats.py: F32, F16, Q8, Q4, ...)
+// ---------------------------------------------------------------------------------------
+
+// One value of this enum per storage format. Quantized formats work on groups of G
+// consecutive values along head_dim, per token and per KV head (G in {16, 32, 64}).
+// Room is left for later formats: 4 = Q3, 5 = Q2 (group-wise, like Q4), and per-channel
+// key formats (KIVI) that group along tokens instead; they take the next numbers.
+typedef enum {
+    KV_F32 = 0, // IEEE float32, 4 bytes per value
+    KV_F16 = 1, // IEEE half, round-to-nearest-even (== numpy astype(float16))
+    KV_Q8 = 2,  // per group: fp16 scale + G int8 (llama.cpp Q8_0-style)
+    KV_Q4 = 3,  // per group: fp16 step + fp16 min + G/2 nibble bytes (Q4_1-style)
+    KV_N_FORMATS = 4,
+} kv_format;
+
+#define KV_GROUP_MIN 16
+#define KV_GROUP_MAX 64
+#define KV_GROUP_DEFAULT 32
+
+// ---- Q8: symmetric 8-bit, one block per group of G values
+//
+//   d  = fp16(min(amax / 127, 65504))          amax = max |x| over the group
+//   id = (d == 0) ? 0 : 1 / d                  in f32, from the fp16-ROUNDED d
+//   q  = clamp(nearest(x * id), -127, 127)     nearest = round half to even
+//   x' = q * d
+//
+// Quantizing with the rounded d (the one dequantization uses) keeps |x - x'| <= d/2.
+typedef struct {
+    uint16_t d;   // fp16 scale
+    int8_t qs[];  // G quants, qs[j] for element j of the group
+} block_q8;
+_Static_assert(sizeof(block_q8) == 2, "q8 header is one fp16");
+#define Q8_BLOCK_BYTES(G) (sizeof(block_q8) + (size_t)(G))
+_Static_assert(Q8_BLOCK_BYTES(32) == 34, "q8 G=32 block is 34 bytes");
+
+// ---- Q4: asymmetric 4-bit, one block per group of G values
+//
+//   m  = fp16 of min(x), rounded toward -inf   (so m <= every x: no clipping at the bottom)
+//   d  = fp16(min((max(x) - m) / 15, 65504))   from the ROUNDED m, so the 16-level grid
+//                                              m + [0..15] d spans [m, max] up to fp16(d)
+//   id = (d == 0) ? 0 : 1 / d                  in f32, from the fp16-rounded d
+//   q  = clamp(nearest((x - m) * id), 0, 15)
+//   x' = q * d + m                             (f32 multiply, then f32 add; no fma)
+//
+// llama.cpp's Q4_1 quantizes with the unrounded min and d; here the rounded ones are used,
+// because they are what dequantization sees: the error is then at most d/2 plus fp16
+// rounding of d times 15, instead of adding |min - fp16(min)| (large when the group sits
+// far from zero, e.g. all values near 100 with a small spread).
+typedef struct {
+    uint16_t d;   // fp16 step
+    uint16_t m;   // fp16 minimum (rounded toward -inf)
+    uint8_t qs[]; // G/2 bytes: element j in the low nibble of byte j,
+                  //            element j + G/2 in the high nibble of byte j
+} block_q4;
+_Static_assert(sizeof(block_q4) == 4, "q4 header is two fp16");
+#define Q4_BLOCK_BYTES(G) (sizeof(block_q4) + (size_t)(G) / 2)
+_Static_assert(Q4_BLOCK_BYTES(32) == 20, "q4 G=32 block is 20 bytes");
+
+// The formats assume |x| <= 65504 (the fp16 range). Larger values saturate the scale (and
+// F16 turns them into inf, as numpy does); KV values of a real model are far below that.
+
+#define F16_MAX 65504.0f
+
+// ---------------------------------------------------------------------------------------
+// Internal interfaces between the translation units
+// ---------------------------------------------------------------------------------------
+
+// alloc.c: the heap (first fit by address, coalescing, grows linear memory on demand)
+void *kv_malloc(size_t n);     // 16-byte aligned; NULL when out of memory
+void kv_mfree(void *p);        // NULL is fine
+void *memcpy(void *restrict d, const void *restrict s, size_t n);
+void *memmove(void *d, const void *s, size_t n);
+void *memset(void *d, int c, size_t n);
+
+// formats.c: kernels over a row of n values (n a multiple of G for quantized formats)
+int32_t kv_valid_format(int32_t fmt, int32_t group, int32_t n);   // 1 if usable
+size_t kv_row_bytes(int32_t fmt, int32_t group, int32_t n);       // bytes for n values
+void kv_quantize_row(int32_t fmt, int32_t group, const float *x, int32_t n, uint8_t *dst);
+void kv_dequantize_row(int32_t fmt, int32_t group, const uint8_t *src, int32_t n, float *y);
+
+// sample.c: scratch for n sampling candidates (kept; grows only)
+int32_t kv_sample_reserve(int32_t n);
+
+#endif
