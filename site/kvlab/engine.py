@@ -11,6 +11,11 @@ Per model run of S new tokens (a prefill chunk, or one decode step):
     store.sample(logits)  → the next token (argmax or seeded sampling, in wasm)
 
 Nothing here loops over tokens, channels or the vocabulary: that is the store's work.
+
+The loop is written once, as a generator that *yields* each model run it needs; a driver
+performs the runs: ``generate`` calls ``host.run`` (native, synchronous), and
+``generate_async`` awaits ``host.run_async`` (the browser, where onnxruntime-web answers
+with a Promise). So both hosts run the very same loop.
 """
 
 from __future__ import annotations
@@ -108,6 +113,43 @@ class Engine:
         ``on_token`` gets a dict per generated token (its text, the store's bytes, timings);
         ``should_stop`` is polled between tokens (the page's Stop button).
         """
+        return self._drive(self.steps(req, on_token, should_stop))
+
+    def feed(self, ids: list[int], start: int, policy: dict) -> int:
+        """Read ``ids`` (at positions start..) into the cache under a parsed policy, on a
+        synchronous host; returns the pointer to the last position's logits in the store."""
+        return self._drive(self._run(ids, start, policy))
+
+    def _drive(self, loop):
+        """Perform the model runs a loop generator yields; return what it returns."""
+        try:
+            run = next(loop)
+            while True:
+                self.host.run(*run)
+                run = loop.send(None)
+        except StopIteration as done:
+            return done.value
+
+    async def generate_async(
+        self,
+        req: Request,
+        on_token: Callable[[dict], None] | None = None,
+        should_stop: Callable[[], bool] | None = None,
+    ) -> dict:
+        """``generate`` for hosts whose model runs asynchronously (``await host.run_async``)."""
+        loop = self.steps(req, on_token, should_stop)
+        try:
+            run = next(loop)
+            while True:
+                await self.host.run_async(*run)
+                run = loop.send(None)
+        except StopIteration as done:
+            return done.value
+
+    def steps(self, req: Request, on_token=None, should_stop=None):
+        """The generation loop as a generator: yields (ids, positions, step table) for each
+        model run it needs, returns the result object. Bad input raises before the store
+        is touched."""
         ids, pol = self.check(req)
         host, store, now = self.host, self.store, self.host.now_ms
         store.reset()
@@ -115,7 +157,7 @@ class Engine:
         store.seed(req.seed)
 
         t0 = now()
-        logits = self._run(ids, 0, pol)  # read the prompt
+        logits = yield from self._run(ids, 0, pol)  # read the prompt
         pos = len(ids)
         prefill_ms = now() - t0
 
@@ -147,7 +189,7 @@ class Engine:
             if should_stop is not None and should_stop():
                 stop_reason = "stopped"
                 break
-            logits = self._run([tok], pos, pol)
+            logits = yield from self._run([tok], pos, pol)
             pos += 1
         text_parts.append(decoder.flush())
 
@@ -172,14 +214,15 @@ class Engine:
             "store": host.variant,
         }
 
-    def _run(self, ids: list[int], start: int, pol: dict) -> int:
-        """Feed tokens at positions start.. through the model, chunked; returns the logits pointer."""
+    def _run(self, ids: list[int], start: int, pol: dict):
+        """Feed tokens at positions start.. through the model, chunked (yields each run);
+        returns the logits pointer."""
         table = None
         for i in range(0, len(ids), PREFILL_CHUNK):
             chunk = ids[i:i + PREFILL_CHUNK]
             table = self.store.step_begin(len(chunk))
             p0 = start + i
-            self.host.run(chunk, list(range(p0, p0 + len(chunk))), table)
+            yield chunk, list(range(p0, p0 + len(chunk))), table
             self.store.step_commit(len(chunk))
             policies.after_step(self.store, pol, self.config)
         return table.logits

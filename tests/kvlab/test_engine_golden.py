@@ -27,7 +27,7 @@ MAX_ABS_DLOGIT = 0.1  # measured: ≤ 0.034 over 20 vectors
 def _logits(engine, ids: list[int]) -> np.ndarray:
     """Full-cache logits after reading ``ids`` (the last position's), as float32."""
     engine.store.reset()
-    ptr = engine._run(ids, 0, {})
+    ptr = engine.feed(ids, 0, {})
     raw = engine.host.module.read(ptr, engine.config["vocab"] * 4)
     return np.frombuffer(raw, dtype=np.float32).copy()
 

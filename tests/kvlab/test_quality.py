@@ -48,10 +48,10 @@ def teacher_forced_logits(engine, ids: list[int], context: int, policy: dict) ->
     from kvlab import policy as policies
     policies.configure(store, pol, engine.config)
     out = []
-    ptr = engine._run(ids[:context], 0, pol)
+    ptr = engine.feed(ids[:context], 0, pol)
     for pos in range(context, len(ids)):
         out.append(np.frombuffer(engine.host.module.read(ptr, vocab * 4), dtype=np.float32).copy())
-        ptr = engine._run([ids[pos]], pos, pol)
+        ptr = engine.feed([ids[pos]], pos, pol)
     return np.stack(out)
 
 

@@ -36,6 +36,11 @@ class Host(Protocol):
         """
         ...
 
+    async def run_async(self, input_ids: list[int], position_ids: list[int], table: StepTable) -> None:
+        """``run`` for hosts whose model answers asynchronously (the browser); optional:
+        ``Engine.generate`` uses ``run``, ``Engine.generate_async`` uses this."""
+        ...
+
     def now_ms(self) -> float:
         """A monotonic clock in milliseconds (for the per-token timings)."""
         ...
