@@ -54,7 +54,7 @@ def main() -> None:
                 r = rows[-1]
                 print(f"threads={r['threads']!s:>7}  context={r['context']:>5}  {name:<9}  "
                       f"decode {r['ms_per_token']:7.2f} ms/token  prefill {r['prefill_ms']:8.1f} ms  "
-                      f"cache {r['cache_bytes'] / 2**20:7.2f} MiB ({r['ratio_vs_fp32']}x smaller than fp32)",
+                      f"cache {r['cache_bytes'] / 2**20:7.2f} MiB (fp32 / held = {r['ratio_vs_fp32']}x)",
                       flush=True)
     if args.json:
         print(json.dumps(rows))
