@@ -34,23 +34,42 @@ def make_bundle(builds: dict[str, Path]) -> Path:
         tmp = out.with_name(out.name + f".tmp-{os.getpid()}")
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
-        files = {}
-        for name, build in FILES.items():
-            src = builds[build] / name
-            (tmp / name).symlink_to(src)
-            files[name] = {"bytes": src.stat().st_size, "sha256": paths.sha256_file(src)}
-        manifest = {
-            "format": "kvlab-bundle-1",
-            "model": paths.model_spec()["name"],
-            "gguf_sha256": paths.model_spec()["sha256"],
-            "builds": {k: v.name for k, v in sorted(builds.items())},
-            "files": files,
-        }
-        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
-        shutil.rmtree(out, ignore_errors=True)
-        tmp.rename(out)
+        try:
+            files = {}
+            for name, build in FILES.items():
+                src = builds[build] / name
+                (tmp / name).symlink_to(src)
+                files[name] = {"bytes": src.stat().st_size, "sha256": paths.sha256_file(src)}
+            manifest = {
+                "format": "kvlab-bundle-1",
+                "model": paths.model_spec()["name"],
+                "gguf_sha256": paths.model_spec()["sha256"],
+                "builds": {k: v.name for k, v in sorted(builds.items())},
+                "files": files,
+            }
+            (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
+            shutil.rmtree(out, ignore_errors=True)
+            tmp.rename(out)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)  # only left if something failed
     activate(out)
+    prune(keep={out, *builds.values()})
     return out
+
+
+#: builds of each kind kept besides the ones in use (another clone may still use them)
+KEEP_OLD = 1
+
+
+def prune(keep: set[Path]) -> None:
+    """Delete all but the newest ``KEEP_OLD`` unused builds of each kind: a model build is
+    270 MB, and every builder change makes a new one."""
+    root = paths.cache_root()
+    for kind in ("model", "tokenizer", "wasm", "bundle"):
+        old = sorted((p for p in root.glob(f"{kind}-*") if p.is_dir() and p not in keep
+                      and ".tmp" not in p.name), key=lambda p: p.stat().st_mtime, reverse=True)
+        for p in old[KEEP_OLD:]:
+            shutil.rmtree(p, ignore_errors=True)
 
 
 def activate(bundle: Path) -> None:

@@ -7,6 +7,9 @@ import json
 import os
 from pathlib import Path
 
+# one implementation of the file hash, shared with the engine that checks what we write
+from kvlab.artifacts import sha256_file  # noqa: F401  (re-exported for the builder)
+
 REPO = Path(__file__).resolve().parent.parent
 MODEL_SPEC = REPO / "models" / "smollm2-135m.json"
 
@@ -21,14 +24,6 @@ def cache_root() -> Path:
 def active_dir() -> Path:
     """The folder of links to the newest build that ``python -m kvlab`` reads by default."""
     return cache_root() / "active"
-
-
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def hash_sources(*parts: Path | str | bytes) -> str:
