@@ -1,36 +1,186 @@
-"""Render the static site from ``site/templates`` into ``dist/``.
+"""Render the static site into ``dist/``: everything the page loads, and nothing else.
 
-Every file the page loads is written into ``dist/``: the site works with the network cut.
+``dist/`` works with the network cut. Its layout::
+
+    index.html ...            site/templates/*.html, rendered with Jinja2
+    boot.js, host.js, ...     site/static/* (the runtime, ui.js, style.css), at the root
+    vendor/pyodide/           the Pyodide core (npm ``pyodide``)
+    vendor/ort/               onnxruntime-web's wasm backend only (npm ``onnxruntime-web``)
+    vendor/uplot/             uPlot for the charts (npm ``uplot``)
+    kvlab.zip                 the ``site/kvlab`` package, unpacked into Pyodide's file system
+    kvstore.wasm, kvstore-scalar.wasm, config.json, tokenizer.json
+    model/model.onnx.part0..N the model in parts of ≤ 64 MB (a single 270 MB Cache API
+                              entry fails in incognito profiles; parts do not)
+    manifest.json             every file: bytes + sha256; the model's parts; versions
+
+Rebuilds are quick: the model's parts are cut and hashed once per model sha256 into the
+artifact cache and hard-linked into ``dist/``. ``dist/`` is written beside itself and
+swapped in, so a server never sees half a site.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import shutil
+import zipfile
 from pathlib import Path
 
 from . import paths
 
 DIST = paths.REPO / "dist"
-TEMPLATES = paths.REPO / "site" / "templates"
+SITE = paths.REPO / "site"
+TEMPLATES = SITE / "templates"
+STATIC = SITE / "static"
+NODE = paths.REPO / "node_modules"
+
+#: bytes per model part: under the Cache API's per-entry limit of incognito profiles
+PART_BYTES = 64 << 20
+
+# ---------------------------------------------------------------------------------------
+# What comes from npm (node_modules, installed by run.sh with `npm ci`)
+# ---------------------------------------------------------------------------------------
+
+VENDOR = {
+    "pyodide": ("pyodide", ["pyodide.mjs", "pyodide.asm.mjs", "pyodide.asm.wasm",
+                            "python_stdlib.zip", "pyodide-lock.json"]),
+    # the wasm backend only: the rest of onnxruntime-web (WebGPU, WebNN, bundles) is 100+ MB
+    "ort": ("onnxruntime-web/dist", ["ort.wasm.min.mjs", "ort-wasm-simd-threaded.mjs",
+                                     "ort-wasm-simd-threaded.wasm"]),
+    "uplot": ("uplot/dist", ["uPlot.iife.min.js", "uPlot.min.css"]),
+}
+NPM_NAMES = {"pyodide": "pyodide", "ort": "onnxruntime-web", "uplot": "uplot"}
+
+#: artifacts of the bundle served as they are
+ARTIFACTS = ["kvstore.wasm", "kvstore-scalar.wasm", "config.json", "tokenizer.json"]
+
+
+def npm_version(package: str) -> str:
+    meta = NODE / package / "package.json"
+    if not meta.is_file():
+        raise SystemExit(f"error: node_modules/{package} is missing; run: npm ci")
+    return json.loads(meta.read_text())["version"]
+
+
+# ---------------------------------------------------------------------------------------
+# Pieces
+# ---------------------------------------------------------------------------------------
+
+
+def model_parts(model: Path, sha256: str) -> tuple[Path, list[dict]]:
+    """Cut ``model`` into parts of ≤ PART_BYTES once per content; returns (folder, parts)."""
+    out = paths.cache_root() / f"site-model-{sha256[:16]}-{PART_BYTES >> 20}M"
+    index = out / "parts.json"
+    if not index.is_file():
+        tmp = out.with_name(out.name + f".tmp-{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        parts = []
+        with open(model, "rb") as f:
+            while block := f.read(PART_BYTES):
+                name = f"model.onnx.part{len(parts)}"
+                (tmp / name).write_bytes(block)
+                parts.append({"path": f"model/{name}", "bytes": len(block),
+                              "sha256": hashlib.sha256(block).hexdigest()})
+        (tmp / "parts.json").write_text(json.dumps(parts, indent=1))
+        shutil.rmtree(out, ignore_errors=True)
+        tmp.rename(out)
+        # parts of older models are 270 MB each and nothing uses them any more
+        for stale in paths.cache_root().glob("site-model-*"):
+            if stale != out and ".tmp-" not in stale.name:
+                shutil.rmtree(stale, ignore_errors=True)
+    return out, json.loads(index.read_text())
+
+
+def kvlab_zip(dst: Path) -> None:
+    """``site/kvlab`` as a zip (``kvlab/...``) with fixed timestamps: same source, same bytes."""
+    with zipfile.ZipFile(dst, "w", zipfile.ZIP_DEFLATED) as z:
+        for f in sorted((SITE / "kvlab").rglob("*.py")):
+            info = zipfile.ZipInfo(str(f.relative_to(SITE)), date_time=(2020, 1, 1, 0, 0, 0))
+            info.compress_type = zipfile.ZIP_DEFLATED
+            z.writestr(info, f.read_bytes())
+
+
+def _place(src: Path, dst: Path) -> None:
+    """Hard-link when possible (the model's 270 MB), else copy."""
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.link(src.resolve(), dst)
+    except OSError:
+        shutil.copyfile(src, dst)
+
+
+# ---------------------------------------------------------------------------------------
+# The build
+# ---------------------------------------------------------------------------------------
 
 
 def build_site(bundle: Path, dist: Path = DIST) -> Path:
+    """Render the site for the artifact ``bundle`` into ``dist``; returns ``dist``."""
     import jinja2
 
-    manifest = json.loads((bundle / "manifest.json").read_text())
+    import kvlab
+
+    bundle = Path(bundle)
+    src_manifest = json.loads((bundle / "manifest.json").read_text())
     config = json.loads((bundle / "config.json").read_text())
+    versions = {k: npm_version(p) for k, p in NPM_NAMES.items()} | {"kvlab": kvlab.__version__}
+
+    tmp = dist.with_name(dist.name + f".tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+
+    # ---- copy / link every served file
+    for folder, (src, names) in VENDOR.items():
+        for name in names:
+            _place(NODE / src / name, tmp / "vendor" / folder / name)
+    for name in ARTIFACTS:
+        _place(bundle / name, tmp / name)
+    model = src_manifest["files"]["model.onnx"]
+    parts_dir, parts = model_parts(bundle / "model.onnx", model["sha256"])
+    for p in parts:
+        _place(parts_dir / Path(p["path"]).name, tmp / p["path"])
+    kvlab_zip(tmp / "kvlab.zip")
+    if STATIC.is_dir():
+        for f in sorted(STATIC.rglob("*")):
+            if f.is_file():
+                _place(f, tmp / f.relative_to(STATIC))
+
+    # ---- the manifest the page checks (hashes of small files are recomputed: cheap)
+    files = {}
+    for f in sorted(tmp.rglob("*")):
+        rel = f.relative_to(tmp).as_posix()
+        if f.is_file() and not rel.startswith("model/"):
+            known = src_manifest["files"].get(rel)
+            files[rel] = {"bytes": f.stat().st_size,
+                          "sha256": known["sha256"] if known else paths.sha256_file(f)}
+    manifest = {
+        "format": "kvlab-site-1",
+        "model": src_manifest["model"],
+        "model_file": {"bytes": model["bytes"], "sha256": model["sha256"], "parts": parts},
+        "versions": versions,
+        "files": files,
+    }
+
+    # ---- templates (after the manifest, so pages may show it)
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(TEMPLATES),
         autoescape=jinja2.select_autoescape(["html"]),
         undefined=jinja2.StrictUndefined,
     )
-    tmp = dist.with_name(dist.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    html = env.get_template("index.html").render(manifest=manifest, config=config)
-    (tmp / "index.html").write_text(html)
-    shutil.rmtree(dist, ignore_errors=True)
+    for t in sorted(TEMPLATES.glob("*.html")):
+        html = env.get_template(t.name).render(manifest=manifest, config=config, versions=versions)
+        (tmp / t.name).write_text(html, encoding="utf-8")
+    (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
+
+    # ---- swap in: the old dist goes aside first, so dist/ is never half written
+    old = dist.with_name(dist.name + f".old-{os.getpid()}")
+    if dist.exists():
+        dist.rename(old)
     tmp.rename(dist)
-    print(f"builder: site rendered into {dist}", flush=True)
+    shutil.rmtree(old, ignore_errors=True)
+    total = sum(f.stat().st_size for f in dist.rglob("*") if f.is_file())
+    print(f"builder: site rendered into {dist} ({len(files) + len(parts) + 1} files, {total / 2**20:.0f} MB)",
+          flush=True)
     return dist

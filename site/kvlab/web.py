@@ -1,0 +1,98 @@
+"""What the page calls: the engine on the browser host, with JSON in and out.
+
+``static/boot.js`` imports this module under Pyodide and calls ``init(js_host, emit,
+should_stop)`` once, then ``generate_json`` / ``reset_json`` / ``techniques_json``. JSON
+text crosses the bridge instead of proxies: one string conversion, nothing to destroy.
+
+Results are the CLI's ``generate --json`` objects; a failure is ``{"error": message}``
+(with ``"kind": "input"`` for bad input, ``"internal"`` otherwise) so the page can show
+the engine's own words and stay usable.
+"""
+
+from __future__ import annotations
+
+import json
+
+from .engine import Engine, InputError, Request
+from .store import StoreError
+from .techniques import REGISTRY, PolicyError
+
+_engine: Engine | None = None
+_emit = None  # JS function(json text) → dispatches kvlab:token
+_should_stop = None  # JS function() → bool, the Stop button
+
+#: the page's camelCase option → the Request field
+OPTIONS = {
+    "prompt": "prompt", "chat": "chat", "maxNewTokens": "max_new_tokens", "policy": "policy",
+    "temperature": "temperature", "topK": "top_k", "topP": "top_p", "seed": "seed",
+    "ignoreEos": "ignore_eos",
+}
+
+
+# ---- setup --------------------------------------------------------------------------------
+
+def init(js_host, emit, should_stop) -> None:
+    """Build the engine on the page's host (shapes the store: kv_init)."""
+    global _engine, _emit, _should_stop
+    from .host.browser import BrowserHost
+
+    _engine = Engine(BrowserHost(js_host))
+    _emit, _should_stop = emit, should_stop
+
+
+def techniques() -> list[dict]:
+    """The registry, as ``python -m kvlab techniques`` prints it."""
+    return [t.describe() for t in REGISTRY.values()]
+
+
+def techniques_json() -> str:
+    return json.dumps(techniques())
+
+
+# ---- requests -----------------------------------------------------------------------------
+
+def request(opts: dict) -> Request:
+    """A Request from the page's options object; unknown keys are refused by name."""
+    if not isinstance(opts, dict):
+        raise InputError(f"generate takes an options object, got {opts!r}")
+    unknown = sorted(set(opts) - set(OPTIONS))
+    if unknown:
+        raise InputError(f"unknown option {unknown[0]!r}; known: {', '.join(OPTIONS)}")
+    return Request(**{OPTIONS[k]: v for k, v in opts.items() if v is not None})
+
+
+async def generate(opts: dict) -> dict:
+    """Run one request; the result object of ``generate --json``, or {"error": ...}."""
+    if _engine is None:
+        return {"error": "the engine is not started yet", "kind": "internal"}
+    try:
+        req = request(opts)
+        on_token = (lambda ev: _emit(json.dumps(ev))) if _emit is not None else None
+        return await _engine.generate_async(req, on_token=on_token, should_stop=_should_stop)
+    except (InputError, PolicyError) as e:
+        return {"error": str(e), "kind": "input"}
+    except StoreError as e:
+        # e.g. out of memory: the store is unchanged by a failed step_begin; start clean
+        _engine.store.reset()
+        return {"error": str(e), "kind": "store"}
+
+
+async def generate_json(opts_json: str) -> str:
+    try:
+        opts = json.loads(opts_json)
+    except ValueError as e:
+        return json.dumps({"error": f"options are not valid JSON: {e}", "kind": "input"})
+    return json.dumps(await generate(opts))
+
+
+def reset() -> dict:
+    """Empty the store (its memory goes back to the allocator); returns the meter's zeros."""
+    if _engine is None:
+        return {"error": "the engine is not started yet", "kind": "internal"}
+    _engine.store.reset()
+    return {"tokens_cached": 0, "cache_bytes": _engine.store.bytes(),
+            "layer_bytes": _engine.layer_bytes()}
+
+
+def reset_json() -> str:
+    return json.dumps(reset())

@@ -1,0 +1,300 @@
+// KV Cache Lab: start-up. An ES module loaded by index.html; it needs nothing but dist/.
+//
+// Named steps, each announced as a `kvlab:progress` CustomEvent on window (detail: {step,
+// label, done, total, unit}) and kept in window.kvlab.progress:
+//   check → manifest → python → engine ┐
+//                    → model → session ┴→ store → ready
+// (Python boots while the model downloads: they overlap, so their events interleave.)
+// <body data-state> is "loading", then "ready" (+ `kvlab:ready`) or "error" (+ `kvlab:error`
+// and the message in #boot-error). Tests and scripts wait for data-state="ready", never sleep.
+import { simdSupported, instantiateStore, makeHost } from "./host.js";
+
+const ROOT = new URL("./", import.meta.url);       // dist/ (this file is dist/boot.js)
+const url = (path) => new URL(path, ROOT).href;
+const params = new URLSearchParams(location.search);
+
+// ---- state and events ---------------------------------------------------------------------
+const progress = {};
+const stepMs = {};      // how long each step took (they overlap: python/engine ∥ model/session)
+let manifest = null;
+
+function emit(name, detail) {
+  window.dispatchEvent(new CustomEvent(`kvlab:${name}`, { detail }));
+}
+
+function report(step, label, done = 0, total = 1, unit = "step", extra = {}) {
+  const detail = { step, label, done, total, unit, ...extra };
+  progress[step] = detail;
+  emit("progress", detail);
+}
+
+class BootError extends Error {
+  constructor(step, message) { super(message); this.step = step; }
+}
+
+/** Run one named step; a failure is tagged with the step's name. */
+async function step(name, label, fn) {
+  const t0 = performance.now();
+  report(name, label, 0, 1);
+  try {
+    const r = await fn();
+    if (progress[name].done < progress[name].total) report(name, label, 1, 1);
+    stepMs[name] = Math.round(performance.now() - t0);
+    return r;
+  } catch (e) {
+    throw e instanceof BootError ? e : new BootError(name, `${label} failed: ${e?.message ?? e}`);
+  }
+}
+
+// ---- checked downloads --------------------------------------------------------------------
+const hex = (buf) => Array.from(new Uint8Array(buf), (b) => b.toString(16).padStart(2, "0")).join("");
+const sha256 = async (bytes) => hex(await crypto.subtle.digest("SHA-256", bytes));
+
+/** Fetch a file of the manifest and check its size and sha256. */
+async function fetchChecked(path) {
+  const entry = manifest.files[path];
+  if (!entry) throw new Error(`${path} is not in manifest.json`);
+  const r = await fetch(url(path));
+  if (!r.ok) throw new Error(`${path}: HTTP ${r.status}`);
+  const bytes = new Uint8Array(await r.arrayBuffer());
+  if (bytes.length !== entry.bytes || (await sha256(bytes)) !== entry.sha256)
+    throw new Error(`${path} is corrupted (size or sha256 differs from the manifest); rebuild the site`);
+  return bytes;
+}
+
+/** Read a response body with byte progress into a Uint8Array of the expected size. */
+async function readWithProgress(response, size, onBytes) {
+  const out = new Uint8Array(size);
+  const reader = response.body.getReader();
+  let at = 0;
+  for (;;) {
+    const { done, value } = await reader.read();
+    if (done) break;
+    if (at + value.length > size) throw new Error("the server sent more bytes than the manifest says");
+    out.set(value, at);
+    at += value.length;
+    onBytes(value.length);
+  }
+  if (at !== size) throw new Error(`short download: ${at} of ${size} bytes`);
+  return out;
+}
+
+/**
+ * The model, from the Cache API when a previous visit stored it, else downloaded. Stored as
+ * parts of ≤ 64 MB (one 270 MB entry fails in incognito profiles); every part's sha256 is
+ * checked, from the network or from the cache (a bad cached part is fetched again).
+ */
+async function loadModel() {
+  const m = manifest.model_file;
+  const label = "Model weights";
+  const cacheName = `kvlab-model-${m.sha256.slice(0, 16)}`;
+  let cache = null;
+  try {
+    cache = await caches.open(cacheName);
+    for (const name of await caches.keys())   // older models: free their space
+      if (name.startsWith("kvlab-model-") && name !== cacheName) await caches.delete(name);
+  } catch { cache = null; }                   // no Cache API (e.g. opaque origin): download
+  const whole = new Uint8Array(m.bytes);
+  let done = 0, fromCache = 0;
+  const tick = () => report("model", label, done, m.bytes, "bytes", { fromCache });
+  tick();
+  // the parts load side by side: reads, downloads and sha256 checks overlap
+  let offset = 0;
+  const jobs = m.parts.map((part) => {
+    const at = offset;
+    offset += part.bytes;
+    return (async () => {
+      let bytes = null;
+      const hit = cache && (await cache.match(url(part.path)));
+      if (hit) {
+        bytes = new Uint8Array(await hit.arrayBuffer());
+        if (bytes.length !== part.bytes || (await sha256(bytes)) !== part.sha256) bytes = null;
+        else { done += part.bytes; fromCache += part.bytes; tick(); }
+      }
+      if (!bytes) {
+        const r = await fetch(url(part.path), { cache: "no-store" });
+        if (!r.ok) throw new Error(`${part.path}: HTTP ${r.status}`);
+        bytes = await readWithProgress(r, part.bytes, (n) => { done += n; tick(); });
+        if ((await sha256(bytes)) !== part.sha256)
+          throw new Error(`${part.path} is corrupted (sha256 differs from the manifest)`);
+        if (cache) {
+          try { await cache.put(url(part.path), new Response(bytes)); }
+          catch (e) { console.warn(`kvlab: could not keep ${part.path} in the Cache API: ${e}`); }
+        }
+      }
+      whole.set(bytes, at);
+    })();
+  });
+  await Promise.all(jobs);
+  return { bytes: whole, fromCache };
+}
+
+// ---- Python and the engine ----------------------------------------------------------------
+async function startPython() {
+  const { loadPyodide } = await import(url("vendor/pyodide/pyodide.mjs"));
+  return loadPyodide({ indexURL: url("vendor/pyodide/"), packages: [] });
+}
+
+async function startEngine(pyodide) {
+  const zip = await fetchChecked("kvlab.zip");
+  pyodide.unpackArchive(zip, "zip", { extractDir: "/kvlab-site" });
+  pyodide.runPython("import sys; sys.path.insert(0, '/kvlab-site')");
+  return pyodide.pyimport("kvlab.web");
+}
+
+// ---- the sequence -------------------------------------------------------------------------
+async function boot() {
+  const t0 = performance.now();
+  document.body.dataset.state = "loading";
+
+  const simd = await step("check", "Checking WebAssembly", async () => {
+    if (typeof WebAssembly !== "object") throw new Error("this browser has no WebAssembly");
+    const ok = params.get("store") === "scalar" ? false : simdSupported();
+    report("check", "Checking WebAssembly", 1, 1, "step", {
+      simd: ok,
+      note: ok ? "WebAssembly SIMD: yes (kvstore.wasm)"
+               : "no WebAssembly SIMD here: using the scalar KV store (kvstore-scalar.wasm), slower kernels, same bytes",
+    });
+    return ok;
+  });
+
+  manifest = await step("manifest", "Reading the site manifest", async () => {
+    const r = await fetch(url("manifest.json"), { cache: "no-cache" });
+    if (!r.ok) throw new Error(`manifest.json: HTTP ${r.status}`);
+    return r.json();
+  });
+
+  const ortPromise = import(url("vendor/ort/ort.wasm.min.mjs"));
+  const pythonSide = (async () => {
+    const pyodide = await step("python", "Starting Python (Pyodide)", startPython);
+    const web = await step("engine", "Loading the kvlab engine", () => startEngine(pyodide));
+    return { pyodide, web };
+  })();
+  const modelSide = (async () => {
+    const model = await step("model", "Model weights", loadModel);
+    const threads = crossOriginIsolated ? Math.min(4, navigator.hardwareConcurrency || 1) : 1;
+    const session = await step("session", "Preparing the model (onnxruntime-web)", async () => {
+      const ort = await ortPromise;
+      ort.env.wasm.wasmPaths = url("vendor/ort/");
+      ort.env.wasm.numThreads = threads;
+      ort.env.logLevel = "error";
+      const s = await ort.InferenceSession.create(model.bytes, {
+        executionProviders: ["wasm"], graphOptimizationLevel: "all",
+      });
+      model.bytes = null;   // 270 MB: ort keeps its own copy
+      return s;
+    });
+    return { ort: await ortPromise, session, threads, fromCache: model.fromCache };
+  })();
+  // the first failure of either side ends the boot (the other side's result is dropped)
+  const [py, md] = await Promise.all([pythonSide, modelSide]);
+
+  const variant = simd ? "simd" : "scalar";
+  const { host, techniques, config } = await step("store", "Starting the KV store", async () => {
+    const [wasm, configJson, tokenizerJson] = await Promise.all([
+      fetchChecked(simd ? "kvstore.wasm" : "kvstore-scalar.wasm"),
+      fetchChecked("config.json").then((b) => new TextDecoder().decode(b)),
+      fetchChecked("tokenizer.json").then((b) => new TextDecoder().decode(b)),
+    ]);
+    const exports = await instantiateStore(wasm);
+    const config = JSON.parse(configJson);
+    const host = makeHost({ ort: md.ort, session: md.session, exports, config, configJson, tokenizerJson, variant });
+    py.web.init(host, (json) => emit("token", JSON.parse(json)), () => stopRequested);
+    return { host, config, techniques: JSON.parse(py.web.techniques_json()) };
+  });
+
+  api._web = py.web;
+  api._host = host;
+  const detail = {
+    config, techniques, store: variant, threads: md.threads, crossOriginIsolated,
+    versions: manifest.versions, model: manifest.model,
+    modelFromCache: md.fromCache === manifest.model_file.bytes,
+    bootMs: Math.round(performance.now() - t0), stepMs,
+  };
+  api.info = detail;
+  report("ready", "Ready", 1, 1);
+  document.body.dataset.state = "ready";
+  emit("ready", detail);
+  return detail;
+}
+
+function showError(step, message) {
+  document.body.dataset.state = "error";
+  let el = document.getElementById("boot-error");
+  if (!el) {
+    el = document.createElement("div");
+    el.id = "boot-error";
+    el.setAttribute("role", "alert");
+    document.body.prepend(el);
+  }
+  el.hidden = false;
+  el.textContent = `KV Cache Lab could not start (${step}): ${message}`;
+  emit("error", { step, message });
+}
+
+// ---- window.kvlab: the page's API (the UI, tests and workshop scripts use it) ----------------
+let busy = false;
+let stopRequested = false;
+
+async function callWeb(fn) {
+  await api.ready;
+  let res;
+  try {
+    res = JSON.parse(await fn(api._web));
+  } catch (e) {   // a Python exception that escaped the engine: report it, stay usable
+    res = { error: String(e?.message ?? e).trim().split("\n").pop(), kind: "internal" };
+  }
+  if (res.error) {
+    const err = new Error(res.error);
+    err.kind = res.kind;
+    throw err;
+  }
+  return res;
+}
+
+const api = {
+  progress,
+  info: null,
+  ready: null,
+
+  /** Generate; resolves with the object of `python -m kvlab generate --json`. */
+  async generate(opts = {}) {
+    if (busy) throw new Error("a generation is already running: wait for it, or call kvlab.stop()");
+    busy = true;
+    stopRequested = false;
+    try {
+      const res = await callWeb((web) => web.generate_json(JSON.stringify(opts)));
+      emit("done", res);
+      return res;
+    } finally {
+      busy = false;
+    }
+  },
+
+  /** Stop the running generation after the current token (its stop_reason: "stopped"). */
+  stop() { if (busy) stopRequested = true; return busy; },
+
+  get busy() { return busy; },
+
+  /** Empty the KV store: its bytes go to 0. */
+  async reset() {
+    if (busy) throw new Error("a generation is running: stop it before resetting");
+    const res = await callWeb((web) => web.reset_json());
+    emit("reset", res);
+    return res;
+  },
+
+  /** The technique registry (each technique's name, family, parameters). */
+  async techniques() {
+    return (await api.ready).techniques;
+  },
+};
+
+window.kvlab = api;
+api.ready = boot().catch((e) => {
+  const stepName = e?.step ?? "boot";
+  console.error("kvlab: boot failed", e);
+  showError(stepName, e?.message ?? String(e));
+  throw e;
+});
+api.ready.catch(() => {});   // handled above; keep the console free of "unhandled rejection"
