@@ -4,6 +4,8 @@
   python -m kvlab generate --prompt TEXT [--chat] [--max-new-tokens N] [--policy JSON]
                            [--temperature T] [--top-k K] [--top-p P] [--seed S] [--json]
   python -m kvlab techniques                         → the registry, as JSON
+  python -m kvlab eval --policy JSON --task TASK [--context N] [--seed S] [--n N]
+                       [--positions N] [--json]      → quality vs the full cache (kvlab.evaluate)
 
 Exit codes: 0 done; 2 bad input (usage, prompt, policy); 1 the artifacts or the run failed.
 """
@@ -52,6 +54,17 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--json", action="store_true", help="print one JSON object (else: the text, then a summary)")
 
     sub.add_parser("techniques", help="print the registered techniques and their parameters as JSON")
+
+    e = sub.add_parser("eval", help="measure a policy's quality against the full cache (kvlab.evaluate)")
+    e.add_argument("--policy", default="{}", help="JSON policy; {} = the full fp32 cache")
+    e.add_argument("--task", required=True, help="ppl | needle | multi-needle | multi-hop")
+    e.add_argument("--context", type=int, default=1024, help="tokens before the scored part (default 1024)")
+    e.add_argument("--seed", type=int, default=0, help="picks the text and generates the facts")
+    e.add_argument("--n", type=int, default=10, help="questions per retrieval task (default 10)")
+    e.add_argument("--positions", type=int, default=256, help="ppl: continuation tokens scored (default 256)")
+    e.add_argument("--reuse-full", action="store_true",
+                   help="for the full-cache policy, compare the reference pass with itself (half the time)")
+    e.add_argument("--json", action="store_true", help="print one JSON object (else a short summary)")
     return ap
 
 
@@ -77,6 +90,9 @@ def main(argv: list[str] | None = None) -> int:
             text = render_chat([{"role": "user", "content": args.text}]) if args.chat else args.text
             print(json.dumps(tok.encode(text)))
             return 0
+
+        if args.command == "eval":
+            return _eval(args)
 
         # validate the cheap things before loading 270 MB
         from .policy import parse_policy
@@ -108,3 +124,30 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(str(e), 2)
     except (ArtifactError, StoreError) as e:
         return _fail(str(e), 1)
+
+
+def _eval(args) -> int:
+    from .artifacts import default_dir
+    from .engine import Engine
+    from .evaluate import EvalError, evaluate
+    from .policy import parse_policy
+    from .tasks import TASKS
+
+    if args.task not in TASKS:  # the cheap checks first, before loading 270 MB
+        return _fail(f"unknown task {args.task!r}: choose one of {', '.join(TASKS)}", 2)
+    parse_policy(args.policy)
+    from .host.native import NativeHost
+    engine = Engine(NativeHost(args.artifacts or default_dir(), simd=not args.scalar, threads=args.threads))
+    try:
+        res = evaluate(engine, args.task, args.policy, context=args.context, seed=args.seed, n=args.n,
+                       positions=args.positions, reuse_full=args.reuse_full)
+    except EvalError as e:
+        return _fail(str(e), 2)
+    if args.json:
+        print(json.dumps(res))
+    else:
+        print(f"{res['task']}: score {res['score']:.4g} (full cache {res['score_full']:.4g}), "
+              f"KL vs full {res['kld_vs_full']}, top-1 {res['top1_agreement']}, over {res['positions']} "
+              f"positions; cache {res['cache_bytes']:,} B = {res['ratio_vs_fp32']}x smaller than fp32 "
+              f"({res['seconds']} s)")
+    return 0

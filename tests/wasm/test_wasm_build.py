@@ -13,7 +13,7 @@ from kvlab import formats
 
 EXPORTS = sorted(
     """kv_alloc kv_argmax kv_bytes kv_capacity kv_configure kv_dequantize kv_format_bytes
-    kv_free kv_heap_bytes kv_init kv_io_bytes kv_layer_ptr kv_memcpy kv_quantize kv_reset
+    kv_free kv_heap_bytes kv_init kv_io_bytes kv_layer_ptr kv_logit_stats kv_memcpy kv_quantize kv_reset
     kv_sample kv_seed kv_set_limit kv_simd kv_staging_bytes kv_step_begin kv_step_commit
     kv_tokens kv_version""".split()
 )
