@@ -61,11 +61,11 @@ def make_bundle(builds: dict[str, Path]) -> Path:
 KEEP_OLD = 1
 
 
-def prune(keep: set[Path]) -> None:
+def prune(keep: set[Path], kinds=("model", "tokenizer", "wasm", "bundle")) -> None:
     """Delete all but the newest ``KEEP_OLD`` unused builds of each kind: a model build is
     270 MB, and every builder change makes a new one."""
     root = paths.cache_root()
-    for kind in ("model", "tokenizer", "wasm", "bundle"):
+    for kind in kinds:
         old = sorted((p for p in root.glob(f"{kind}-*") if p.is_dir() and p not in keep
                       and ".tmp" not in p.name), key=lambda p: p.stat().st_mtime, reverse=True)
         for p in old[KEEP_OLD:]:

@@ -28,6 +28,7 @@ import zipfile
 from pathlib import Path
 
 from . import paths
+from .bundle import prune
 
 DIST = paths.REPO / "dist"
 SITE = paths.REPO / "site"
@@ -86,10 +87,8 @@ def model_parts(model: Path, sha256: str) -> tuple[Path, list[dict]]:
         (tmp / "parts.json").write_text(json.dumps(parts, indent=1))
         shutil.rmtree(out, ignore_errors=True)
         tmp.rename(out)
-        # parts of older models are 270 MB each and nothing uses them any more
-        for stale in paths.cache_root().glob("site-model-*"):
-            if stale != out and ".tmp-" not in stale.name:
-                shutil.rmtree(stale, ignore_errors=True)
+        # parts of older models are 270 MB each: the same retention as every other build
+        prune({out}, kinds=("site-model",))
     return out, json.loads(index.read_text())
 
 
