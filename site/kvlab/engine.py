@@ -113,19 +113,31 @@ class Engine:
         ``on_token`` gets a dict per generated token (its text, the store's bytes, timings);
         ``should_stop`` is polled between tokens (the page's Stop button).
         """
-        return self._drive(self.steps(req, on_token, should_stop))
+        return self.drive(self.steps(req, on_token, should_stop))
 
     def feed(self, ids: list[int], start: int, policy: dict) -> int:
         """Read ``ids`` (at positions start..) into the cache under a parsed policy, on a
         synchronous host; returns the pointer to the last position's logits in the store."""
-        return self._drive(self._run(ids, start, policy))
+        return self.drive(self.runs(ids, start, policy))
 
-    def _drive(self, loop):
-        """Perform the model runs a loop generator yields; return what it returns."""
+    def drive(self, loop):
+        """Perform the model runs a loop generator yields (synchronous host); return what
+        the generator returns. Every loop in kvlab (generation, eval, profile) is such a
+        generator, so the same code runs on both hosts."""
         try:
             run = next(loop)
             while True:
                 self.host.run(*run)
+                run = loop.send(None)
+        except StopIteration as done:
+            return done.value
+
+    async def drive_async(self, loop):
+        """``drive`` for hosts whose model runs asynchronously (``await host.run_async``)."""
+        try:
+            run = next(loop)
+            while True:
+                await self.host.run_async(*run)
                 run = loop.send(None)
         except StopIteration as done:
             return done.value
@@ -137,14 +149,7 @@ class Engine:
         should_stop: Callable[[], bool] | None = None,
     ) -> dict:
         """``generate`` for hosts whose model runs asynchronously (``await host.run_async``)."""
-        loop = self.steps(req, on_token, should_stop)
-        try:
-            run = next(loop)
-            while True:
-                await self.host.run_async(*run)
-                run = loop.send(None)
-        except StopIteration as done:
-            return done.value
+        return await self.drive_async(self.steps(req, on_token, should_stop))
 
     def steps(self, req: Request, on_token=None, should_stop=None):
         """The generation loop as a generator: yields (ids, positions, step table) for each
@@ -157,7 +162,7 @@ class Engine:
         store.seed(req.seed)
 
         t0 = now()
-        logits = yield from self._run(ids, 0, pol)  # read the prompt
+        logits = yield from self.runs(ids, 0, pol)  # read the prompt
         pos = len(ids)
         prefill_ms = now() - t0
 
@@ -189,7 +194,7 @@ class Engine:
             if should_stop is not None and should_stop():
                 stop_reason = "stopped"
                 break
-            logits = yield from self._run([tok], pos, pol)
+            logits = yield from self.runs([tok], pos, pol)
             pos += 1
         text_parts.append(decoder.flush())
 
@@ -214,9 +219,9 @@ class Engine:
             "store": host.variant,
         }
 
-    def _run(self, ids: list[int], start: int, pol: dict):
-        """Feed tokens at positions start.. through the model, chunked (yields each run);
-        returns the logits pointer."""
+    def runs(self, ids: list[int], start: int, pol: dict):
+        """Feed tokens at positions start.. through the model, chunked: a generator that
+        yields each model run (use with ``yield from``); returns the logits pointer."""
         table = None
         for i in range(0, len(ids), PREFILL_CHUNK):
             chunk = ids[i:i + PREFILL_CHUNK]
