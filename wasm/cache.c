@@ -351,6 +351,50 @@ KV_EXPORT(kv_step_commit) int32_t kv_step_commit(int32_t S) {
 }
 
 // ---------------------------------------------------------------------------------------
+// Tools: roll back, hide from attention
+// ---------------------------------------------------------------------------------------
+
+// Drop every token appended after the first n (all layers): the cache is as it was when it
+// held n tokens, and the next token's position is n. Lets a tool read a long prefix once
+// and then try several continuations of it (the profiler's layer-sensitivity pass).
+// KV_EINVAL if n is not in [0, appended]; KV_ESTATE if a layer's slots are no longer in
+// append order (an eviction ran). Cancels an open step. Memory stays reserved.
+KV_EXPORT(kv_truncate) int32_t kv_truncate(int32_t n) {
+    if (!kv.ready) return KV_ESTATE;
+    if (n < 0 || n > kv.appended) return KV_EINVAL;
+    for (int32_t l = 0; l < kv.n_layers; l++)
+        if (kv.layer[l].tokens != kv.appended || kv.layer[l].used != kv.appended) return KV_ESTATE;
+    const int32_t H = kv.n_kv_heads, D = kv.head_dim;
+    for (int32_t l = 0; l < kv.n_layers; l++) {
+        kv_layer *L = &kv.layer[l];
+        for (int32_t h = 0; h < H; h++) { // empty slots are masked and zero, as after a growth
+            for (int p = 0; p < 2; p++)
+                __builtin_memset(L->stage[p] + ((size_t)h * L->pcap + n) * D, 0, 4ull * (L->used - n) * D);
+            for (int32_t t = n; t < L->used; t++) L->mask[(size_t)h * L->pcap + t] = MASK_EMPTY;
+        }
+        L->tokens = L->used = n;
+    }
+    kv.appended = n;
+    kv.open_S = 0;
+    return KV_OK;
+}
+
+// Hide the live slots [lo, hi) of a layer from attention (hidden = 1: mask -1e9 for every
+// KV head) or show them again (hidden = 0). The model then attends as if those tokens were
+// evicted, but nothing is freed and the byte counts do not change: a measuring tool, not a
+// technique. Slots appended later are visible. KV_EINVAL for a bad layer or range.
+KV_EXPORT(kv_hide) int32_t kv_hide(int32_t layer, int32_t lo, int32_t hi, int32_t hidden) {
+    if (!kv.ready) return KV_ESTATE;
+    if (layer < 0 || layer >= kv.n_layers || lo < 0 || hi < lo) return KV_EINVAL;
+    kv_layer *L = &kv.layer[layer];
+    if (hi > L->used) return KV_EINVAL;
+    const float v = hidden ? MASK_EMPTY : 0.0f;
+    for (int32_t h = 0; h < kv.n_kv_heads; h++)
+        for (int32_t t = lo; t < hi; t++) L->mask[(size_t)h * L->pcap + t] = v;
+    return KV_OK;
+}
+
+// ---------------------------------------------------------------------------------------
 // Accounting and inspection
 // ---------------------------------------------------------------------------------------
 

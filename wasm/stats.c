@@ -8,60 +8,9 @@
 // exp and log are our own (no libm): f64 polynomials accurate to a few ulp, so the scalar
 // and SIMD builds (this file is scalar in both) and every host give the same numbers.
 //
-// Self-contained: nothing here is declared in kvstore.h except what it already defines.
 
 #include "kvstore.h"
-
-// ---------------------------------------------------------------------------------------
-// exp and log in f64 (Cody-Waite reduction + series; ~1e-15 relative on the range used)
-// ---------------------------------------------------------------------------------------
-
-// e^x for x <= 0 (max-subtracted logits); below -745 the result is 0.
-static double exp_f64(double x) {
-    if (!(x > -745.0)) return 0.0; // also NaN -> 0 (a NaN logit gets no probability)
-    if (x > 709.0) x = 709.0;
-    double k = __builtin_rint(x * 1.4426950408889634);
-    double r = x - k * 6.93147180369123816490e-01; // ln 2, hi part (exact product)
-    r = r - k * 1.90821492927058770002e-10;        // ln 2, lo part; |r| <= 0.347
-    // Taylor to r^13 / 13!: the remainder is below 0.347^14 / 14! ~ 4e-18
-    double p = 1.0 / 6227020800.0;
-    p = p * r + 1.0 / 479001600.0;
-    p = p * r + 1.0 / 39916800.0;
-    p = p * r + 1.0 / 3628800.0;
-    p = p * r + 1.0 / 362880.0;
-    p = p * r + 1.0 / 40320.0;
-    p = p * r + 1.0 / 5040.0;
-    p = p * r + 1.0 / 720.0;
-    p = p * r + 1.0 / 120.0;
-    p = p * r + 1.0 / 24.0;
-    p = p * r + 1.0 / 6.0;
-    p = p * r + 0.5;
-    p = p * r + 1.0;
-    p = p * r + 1.0;
-    int64_t e = (int64_t)k; // k in [-1075, 1023]: build 2^k in two halves to stay normal
-    int64_t e1 = e / 2, e2 = e - e1;
-    uint64_t b1 = (uint64_t)(e1 + 1023) << 52, b2 = (uint64_t)(e2 + 1023) << 52;
-    double s1, s2;
-    __builtin_memcpy(&s1, &b1, 8);
-    __builtin_memcpy(&s2, &b2, 8);
-    return p * s1 * s2;
-}
-
-// ln x for finite x > 0 (the partition sums here are >= 1).
-static double log_f64(double x) {
-    uint64_t b;
-    __builtin_memcpy(&b, &x, 8);
-    int64_t e = (int64_t)((b >> 52) & 0x7ff) - 1023;
-    b = (b & 0x000fffffffffffffull) | 0x3ff0000000000000ull; // mantissa m in [1, 2)
-    double m;
-    __builtin_memcpy(&m, &b, 8);
-    if (m > 1.4142135623730951) { m *= 0.5; e += 1; } // m in [sqrt(1/2), sqrt(2))
-    // ln m = 2 atanh(s), s = (m - 1) / (m + 1), |s| <= 0.1716: series to s^23
-    double s = (m - 1.0) / (m + 1.0), s2 = s * s;
-    double p = 1.0 / 23.0;
-    for (int k = 21; k >= 1; k -= 2) p = p * s2 + 1.0 / (double)k;
-    return 2.0 * s * p + (double)e * 0.69314718055994530942;
-}
+#include "mathf64.h"
 
 // ---------------------------------------------------------------------------------------
 // kv_logit_stats

@@ -156,6 +156,17 @@ class KVStore:
         """Append the S new tokens the host wrote into the step's new_k / new_v."""
         self._call("kv_step_commit", S)
 
+    # ---- tools (the profiler): roll back, hide from attention
+
+    def truncate(self, n: int) -> None:
+        """Drop every token after the first n (all layers); the next position is n."""
+        self._call("kv_truncate", n)
+
+    def hide(self, layer: int, lo: int, hi: int, hidden: bool = True) -> None:
+        """Mask a layer's live slots [lo, hi) from attention (or show them again); frees
+        nothing: the model attends as if they were evicted."""
+        self._call("kv_hide", layer, lo, hi, 1 if hidden else 0)
+
     # ---- accounting
 
     def bytes(self, layer: int = -1, part: int | None = None) -> int:
