@@ -4,6 +4,7 @@
   tokenizer  GGUF → tokenizer.json
   wasm       C → kvstore.wasm (SIMD) and kvstore-scalar.wasm
   all        the three above, bundled and checked (manifest.json), made the active build
+  profile    all, then the head profile and the four observations (kvlab.profile, natively)
   site       all, then render dist/
   serve      serve dist/ on 127.0.0.1 (with the headers onnxruntime-web's threads need)
 """
@@ -35,7 +36,7 @@ def build_all(force: bool = False):
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m builder", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("command", choices=["model", "tokenizer", "wasm", "all", "site", "serve"])
+    ap.add_argument("command", choices=["model", "tokenizer", "wasm", "all", "profile", "site", "serve"])
     ap.add_argument("--force", action="store_true", help="rebuild even when the cache has it")
     ap.add_argument("--port", type=int, default=8000, help="serve: port on 127.0.0.1")
     args = ap.parse_args(argv)
@@ -51,6 +52,9 @@ def main(argv: list[str] | None = None) -> int:
         print(build_wasm(force=args.force))
     elif args.command == "all":
         build_all(force=args.force)
+    elif args.command == "profile":
+        from .profile import build_profile
+        print(build_profile(build_all(), force=args.force))
     elif args.command == "site":
         from .site import build_site
         build_site(build_all(force=args.force))

@@ -9,6 +9,10 @@
     vendor/uplot/             uPlot for the charts (npm ``uplot``)
     kvlab.zip                 the ``site/kvlab`` package, unpacked into Pyodide's file system
     kvstore.wasm, kvstore-scalar.wasm, config.json, tokenizer.json
+    profile.json, observations.json, profile_texts.json
+                              the head profile, the four observations and the texts they
+                              were measured on (``builder.profile``: computed natively once
+                              per build; the profile page shows them and can rerun them)
     model/model.onnx.part0..N the model in parts of ≤ 64 MB (a single 270 MB Cache API
                               entry fails in incognito profiles; parts do not)
     manifest.json             every file: bytes + sha256; the model's parts; versions
@@ -121,6 +125,9 @@ def build_site(bundle: Path, dist: Path = DIST) -> Path:
 
     import kvlab
 
+    from .profile import FILES as PROFILE_FILES
+    from .profile import build_profile
+
     bundle = Path(bundle)
     src_manifest = json.loads((bundle / "manifest.json").read_text())
     config = json.loads((bundle / "config.json").read_text())
@@ -136,6 +143,9 @@ def build_site(bundle: Path, dist: Path = DIST) -> Path:
             _place(NODE / src / name, tmp / "vendor" / folder / name)
     for name in ARTIFACTS:
         _place(bundle / name, tmp / name)
+    profiled = build_profile(bundle)
+    for name in PROFILE_FILES:
+        _place(profiled / name, tmp / name)
     model = src_manifest["files"]["model.onnx"]
     parts_dir, parts = model_parts(bundle / "model.onnx", model["sha256"])
     for p in parts:

@@ -6,6 +6,9 @@
   python -m kvlab techniques                         → the registry, as JSON
   python -m kvlab eval --policy JSON --task TASK [--context N] [--seed S] [--n N]
                        [--positions N] [--json]      → quality vs the full cache (kvlab.evaluate)
+  python -m kvlab profile [--json] [--out FILE] [--texts FILE] [--context N] [--queries N]
+                          [--positions N]            → the head profile (kvlab.profile)
+  python -m kvlab observe --profile FILE [--json]   → the four observations (kvlab.observe)
 
 Exit codes: 0 done; 2 bad input (usage, prompt, policy); 1 the artifacts or the run failed.
 """
@@ -65,6 +68,18 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--reuse-full", action="store_true",
                    help="for the full-cache policy, compare the reference pass with itself (half the time)")
     e.add_argument("--json", action="store_true", help="print one JSON object (else a short summary)")
+
+    p = sub.add_parser("profile", help="profile every head and layer (kvlab.profile)")
+    p.add_argument("--texts", help="JSON file: a list of {kind, name, sha256, text} (default: the standard library's)")
+    p.add_argument("--context", type=int, default=512, help="tokens read before the queries (default 512)")
+    p.add_argument("--queries", type=int, default=32, help="one-token runs per text (default 32)")
+    p.add_argument("--positions", type=int, default=16, help="positions scored per cut layer (default 16)")
+    p.add_argument("--out", help="also write the profile to this file")
+    p.add_argument("--json", action="store_true", help="print the profile as one JSON object")
+
+    o = sub.add_parser("observe", help="the four observations of seed 001, from a profile (kvlab.observe)")
+    o.add_argument("--profile", required=True, help="a profile.json written by `profile`")
+    o.add_argument("--json", action="store_true", help="print one JSON object (else one line each)")
     return ap
 
 
@@ -93,6 +108,10 @@ def main(argv: list[str] | None = None) -> int:
 
         if args.command == "eval":
             return _eval(args)
+        if args.command == "profile":
+            return _profile(args)
+        if args.command == "observe":
+            return _observe(args)
 
         # validate the cheap things before loading 270 MB
         from .policy import parse_policy
@@ -150,4 +169,56 @@ def _eval(args) -> int:
               f"KL vs full {res['kld_vs_full']}, top-1 {res['top1_agreement']}, over {res['positions']} "
               f"positions; cache {res['cache_bytes']:,} B = {res['ratio_vs_fp32']}x smaller than fp32 "
               f"({res['seconds']} s)")
+    return 0
+
+
+def _profile(args) -> int:
+    from dataclasses import replace
+
+    from .artifacts import default_dir
+    from .engine import Engine
+    from .profile import ProfileError, Settings, profile
+    from .texts import profile_texts
+
+    try:
+        settings = replace(Settings(), context=args.context, queries=args.queries, positions=args.positions)
+        settings.check(8192)
+        texts = json.loads(open(args.texts, encoding="utf-8").read()) if args.texts else profile_texts()
+    except (ProfileError, OSError, ValueError) as e:
+        return _fail(str(e), 2)
+    from .host.native import NativeHost
+    engine = Engine(NativeHost(args.artifacts or default_dir(), simd=not args.scalar, threads=args.threads))
+
+    def show(ev: dict) -> None:
+        if not args.json:
+            print(f"\r{ev['stage']:<32} {ev['done']}/{ev['total']} runs", end="", file=sys.stderr, flush=True)
+
+    try:
+        res = profile(engine, texts, settings, on_progress=show)
+    except ProfileError as e:
+        return _fail(str(e), 2)
+    text = json.dumps(res, indent=1)
+    if args.out:
+        with open(args.out, "w", encoding="utf-8") as f:
+            f.write(text + "\n")
+    if args.json:
+        print(text)
+    else:
+        print(f"\nprofile of {len(res['texts'])} texts in {res['seconds']} s", file=sys.stderr)
+    return 0
+
+
+def _observe(args) -> int:
+    from .observe import observations
+
+    try:
+        prof = json.loads(open(args.profile, encoding="utf-8").read())
+        res = observations(prof)
+    except (OSError, ValueError, KeyError) as e:
+        return _fail(f"cannot read the profile {args.profile}: {e}", 2)
+    if args.json:
+        print(json.dumps(res, indent=1))
+    else:
+        for o in res["observations"]:
+            print(f"{o['title']}: {o['sentence']}")
     return 0

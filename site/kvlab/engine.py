@@ -224,13 +224,18 @@ class Engine:
         yields each model run (use with ``yield from``); returns the logits pointer."""
         table = None
         for i in range(0, len(ids), PREFILL_CHUNK):
-            chunk = ids[i:i + PREFILL_CHUNK]
-            table = self.store.step_begin(len(chunk))
-            p0 = start + i
-            yield chunk, list(range(p0, p0 + len(chunk))), table
-            self.store.step_commit(len(chunk))
-            policies.after_step(self.store, pol, self.config)
+            table = yield from self.step(ids[i:i + PREFILL_CHUNK], start + i, pol)
         return table.logits
+
+    def step(self, ids: list[int], start: int, pol: dict):
+        """One model run of ``ids`` at positions start.. (no chunking): a generator that
+        yields the run; returns its step table, whose outputs (logits, attn, entropy) stay
+        readable until the next run."""
+        table = self.store.step_begin(len(ids))
+        yield ids, list(range(start, start + len(ids))), table
+        self.store.step_commit(len(ids))
+        policies.after_step(self.store, pol, self.config)
+        return table
 
     # ---- what the meter shows ------------------------------------------------------------
 

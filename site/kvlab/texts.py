@@ -50,3 +50,40 @@ def token_stream(tokenizer, n: int, start: int = 0, sep: str = "\n\n") -> tuple[
         used.append(t.ref())
         i = (i + 1) % len(all_topics)
     return ids[:n], used
+
+
+# ---------------------------------------------------------------------------------------
+# The profiler's texts: four kinds of real text from the standard library
+# ---------------------------------------------------------------------------------------
+
+#: (kind, source): a file of CPython's standard library, or a reference-documentation topic.
+#: Diverse on purpose: a head whose keys look alike across prose, code, reference
+#: documentation and a changelog list is collapsed for real, not just on one genre.
+PROFILE_SOURCES = (
+    ("prose", "stdlib:LICENSE.txt"),  # the history of the software, in sentences
+    ("code", "stdlib:textwrap.py"),  # a whole module's source
+    ("reference", "pydoc_data.topics#formatstrings"),  # the format mini-language
+    ("list", "stdlib:idlelib/NEWS.txt"),  # a changelog: one entry per item
+)
+PROFILE_CHARS = 12000  # the start of each text: far more than the profiler's tokens
+
+
+def profile_texts(chars: int = PROFILE_CHARS) -> list[dict]:
+    """The profiler's texts as ``{"kind", "name", "sha256", "text"}`` (the first ``chars``
+    characters of each source). Read natively: the builder writes them into the site, so
+    the page profiles exactly the same text."""
+    import sysconfig
+    from pathlib import Path
+
+    out = []
+    for kind, source in PROFILE_SOURCES:
+        if source.startswith("stdlib:"):
+            text = (Path(sysconfig.get_paths()["stdlib"]) / source[7:]).read_text(encoding="utf-8")
+        else:
+            from pydoc_data.topics import topics as t
+
+            text = t[source.split("#", 1)[1]]
+        text = text[:chars]
+        out.append({"kind": kind, "name": source, "sha256": hashlib.sha256(text.encode("utf-8")).hexdigest(),
+                    "text": text})
+    return out

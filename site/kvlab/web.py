@@ -96,3 +96,43 @@ def reset() -> dict:
 
 def reset_json() -> str:
     return json.dumps(reset())
+
+
+# ---- the head profile ----------------------------------------------------------------------
+
+#: settings the page may override (kvlab.profile.Settings fields)
+PROFILE_OPTIONS = ("context", "queries", "recent", "sinks", "facts", "positions", "budget", "quant_bits", "seed")
+
+
+async def profile(opts: dict, texts: list[dict], on_progress=None) -> dict:
+    """Run the head profile on this page's engine (``kvlab.profile``); the profile object,
+    or {"error": ...}. ``texts``: the builder's ``profile_texts.json``."""
+    from dataclasses import replace
+
+    from .profile import ProfileError, Settings, profile_async
+
+    if _engine is None:
+        return {"error": "the engine is not started yet", "kind": "internal"}
+    try:
+        if not isinstance(opts, dict):
+            raise ProfileError(f"profile takes an options object, got {opts!r}")
+        unknown = sorted(set(opts) - set(PROFILE_OPTIONS))
+        if unknown:
+            raise ProfileError(f"unknown option {unknown[0]!r}; known: {', '.join(PROFILE_OPTIONS)}")
+        settings = replace(Settings(), **opts)
+        return await profile_async(_engine, texts, settings, on_progress)
+    except ProfileError as e:
+        return {"error": str(e), "kind": "input"}
+    except StoreError as e:
+        _engine.store.reset()
+        return {"error": str(e), "kind": "store"}
+
+
+async def profile_json(opts_json: str, texts_json: str, progress=None) -> str:
+    """``profile`` with JSON text in and out; ``progress(json)`` gets each progress event."""
+    try:
+        opts, texts = json.loads(opts_json), json.loads(texts_json)
+    except ValueError as e:
+        return json.dumps({"error": f"options are not valid JSON: {e}", "kind": "input"})
+    on_progress = (lambda ev: progress(json.dumps(ev))) if progress is not None else None
+    return json.dumps(await profile(opts, texts, on_progress))

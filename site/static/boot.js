@@ -237,7 +237,7 @@ let busy = false;
 let stopRequested = false;
 
 async function callWeb(fn) {
-  await api.ready;
+  await api.start();
   let res;
   try {
     res = JSON.parse(await fn(api._web));
@@ -286,15 +286,42 @@ const api = {
 
   /** The technique registry (each technique's name, family, parameters). */
   async techniques() {
-    return (await api.ready).techniques;
+    return (await api.start()).techniques;
+  },
+
+  /** Run the head profiler on the builder's texts (profile_texts.json); resolves with the
+   *  object of `python -m kvlab profile --json`. opts override its settings ({context,
+   *  queries, positions, ...}). Emits kvlab:profile-progress {stage, done, total}. */
+  async profile(opts = {}) {
+    if (busy) throw new Error("the engine is busy: wait for it, or call kvlab.stop()");
+    busy = true;
+    try {
+      await api.start();
+      const texts = new TextDecoder().decode(await fetchChecked("profile_texts.json"));
+      const progress = (json) => emit("profile-progress", JSON.parse(json));
+      const res = await callWeb((web) => web.profile_json(JSON.stringify(opts), texts, progress));
+      emit("profile-done", res);
+      return res;
+    } finally {
+      busy = false;
+    }
   },
 };
 
+/** Start the engine (once); resolves with the ready detail. Pages whose <body> has
+ *  data-boot="manual" (the profile page) start it only when asked. */
+api.start = () => {
+  if (!api.ready) {
+    api.ready = boot().catch((e) => {
+      const stepName = e?.step ?? "boot";
+      console.error("kvlab: boot failed", e);
+      showError(stepName, e?.message ?? String(e));
+      throw e;
+    });
+    api.ready.catch(() => {});   // handled above; keep the console free of "unhandled rejection"
+  }
+  return api.ready;
+};
+
 window.kvlab = api;
-api.ready = boot().catch((e) => {
-  const stepName = e?.step ?? "boot";
-  console.error("kvlab: boot failed", e);
-  showError(stepName, e?.message ?? String(e));
-  throw e;
-});
-api.ready.catch(() => {});   // handled above; keep the console free of "unhandled rejection"
+if (document.body.dataset.boot !== "manual") api.start();
