@@ -120,7 +120,12 @@ async def profile(opts: dict, texts: list[dict], on_progress=None) -> dict:
         if unknown:
             raise ProfileError(f"unknown option {unknown[0]!r}; known: {', '.join(PROFILE_OPTIONS)}")
         settings = replace(Settings(), **opts)
-        return await profile_async(_engine, texts, settings, on_progress)
+        res = await profile_async(_engine, texts, settings, on_progress)
+        # the page shows seed 001's observations beside the heatmaps: derive them here too,
+        # so a live profile's sentences say what this browser measured
+        from .observe import observations
+
+        return res | {"observations": observations(res)}
     except ProfileError as e:
         return {"error": str(e), "kind": "input"}
     except StoreError as e:

@@ -290,7 +290,8 @@ const api = {
   },
 
   /** Run the head profiler on the builder's texts (profile_texts.json); resolves with the
-   *  object of `python -m kvlab profile --json`. opts override its settings ({context,
+   *  object of `python -m kvlab profile --json` plus `observations` (what `kvlab observe`
+   *  derives from it). opts override its settings ({context,
    *  queries, positions, ...}). Emits kvlab:profile-progress {stage, done, total}. */
   async profile(opts = {}) {
     if (busy) throw new Error("the engine is busy: wait for it, or call kvlab.stop()");

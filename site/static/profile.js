@@ -370,8 +370,12 @@ function draw(view) {
   for (const span of $$("[data-setting]")) {
     if (span.dataset.setting in p.settings) span.textContent = String(p.settings[span.dataset.setting]);
   }
-  const measured = live ? measuredFrom(p) : Object.fromEntries(state.observations.observations.map((o) => [o.id, o.measured]));
-  drawObservations(state.observations, measured, p.settings, live);
+  // kvlab.profile() returns its own observations (kvlab.observe run in the page); the
+  // builder's sentences are the fallback for a result without them
+  const obs = live && p.observations ? p.observations : state.observations;
+  const measured = live && !p.observations ? measuredFrom(p)
+    : Object.fromEntries(obs.observations.map((o) => [o.id, o.measured]));
+  drawObservations(obs, measured, p.settings, live && !p.observations);
   drawCandidates(p.candidates);
   drawTextsAndRun(p, live);
 
