@@ -7,7 +7,7 @@
   python -m kvlab eval --policy JSON --task TASK [--context N] [--seed S] [--n N]
                        [--positions N] [--json]      → quality vs the full cache (kvlab.evaluate)
   python -m kvlab profile [--json] [--out FILE] [--texts FILE] [--context N] [--queries N]
-                          [--positions N]            → the head profile (kvlab.profile)
+                          [--positions N] [--quant-positions N]   → the head profile (kvlab.profile)
   python -m kvlab observe --profile FILE [--json]   → the four observations (kvlab.observe)
 
 Exit codes: 0 done; 2 bad input (usage, prompt, policy); 1 the artifacts or the run failed.
@@ -74,6 +74,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--context", type=int, default=512, help="tokens read before the queries (default 512)")
     p.add_argument("--queries", type=int, default=32, help="one-token runs per text (default 32)")
     p.add_argument("--positions", type=int, default=16, help="positions scored per cut layer (default 16)")
+    p.add_argument("--quant-positions", type=int, default=64, help="positions scored for K only / V only (default 64)")
     p.add_argument("--out", help="also write the profile to this file")
     p.add_argument("--json", action="store_true", help="print the profile as one JSON object")
 
@@ -181,7 +182,8 @@ def _profile(args) -> int:
     from .texts import profile_texts
 
     try:
-        settings = replace(Settings(), context=args.context, queries=args.queries, positions=args.positions)
+        settings = replace(Settings(), context=args.context, queries=args.queries, positions=args.positions,
+                           quant_positions=args.quant_positions)
         settings.check(8192)
         texts = json.loads(open(args.texts, encoding="utf-8").read()) if args.texts else profile_texts()
     except (ProfileError, OSError, ValueError) as e:

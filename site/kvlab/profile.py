@@ -46,9 +46,9 @@ are exact per query, then averaged over queries and texts.
   attention with ``kv_hide``), and the same tokens are fed again: the mean KL divergence
   from the full cache (``kv_logit_stats``) is the layer's degradation (CompressKV's
   offline layer budgets).
-- *K vs V* — the same positions after reading the same prefix with only the keys
-  quantized (``quant_bits``, G 32), then only the values: mean KL each (seed 001's second
-  observation: key errors pass through the softmax, value errors do not).
+- *K vs V* — ``quant_positions`` positions there, after reading the same prefix with only
+  the keys quantized (``quant_bits``, G 32), then only the values: mean KL each (seed
+  001's second observation: key errors pass through the softmax, value errors do not).
 
 Every loop over tokens or channels runs in the store (wasm/profile.c); Python adds up a
 few numbers per head and step. The profile is one generator of model runs, so it runs on
@@ -75,6 +75,10 @@ class ProfileError(ValueError):
     """Settings or texts the profiler cannot use."""
 
 
+class ProfileStopped(RuntimeError):
+    """The caller asked the profile to stop (the page's Stop button); the store is reset."""
+
+
 @dataclass(frozen=True)
 class Settings:
     context: int = 512  # tokens read before the first query
@@ -82,7 +86,10 @@ class Settings:
     recent: int = 128  # "the last 128 tokens"
     sinks: int = 4  # "the first tokens" (StreamingLLM keeps 4)
     facts: int = 4  # facts in the retrieval context
-    positions: int = 16  # positions scored per cut layer / per K-only, V-only cache
+    positions: int = 16  # positions scored per cut layer
+    quant_positions: int = 64  # positions scored for K only / V only: 4-bit rounding is
+    #                            discontinuous, so 16 positions let float noise move the KL
+    #                            by ~20 %; 64 keep it within a few %
     budget: int = 64  # tokens a cut layer keeps (sinks + most recent)
     quant_bits: int = 4  # the K-only / V-only quantization
     seed: int = 0  # picks the facts
@@ -95,8 +102,12 @@ class Settings:
             raise ProfileError("need sinks < budget ≤ context and recent ≤ context")
         if self.quant_bits not in (8, 4):
             raise ProfileError(f"quant_bits must be 8 or 4, got {self.quant_bits}")
-        if self.context + self.queries + self.positions > max_context:
+        if self.context + self.queries + self.scored() > max_context:
             raise ProfileError(f"context + queries + positions exceeds the model's {max_context}")
+
+    def scored(self) -> int:
+        """Positions after the reading pass whose full-cache logits are kept."""
+        return max(self.positions, self.quant_positions)
 
 
 # ---------------------------------------------------------------------------------------
@@ -143,7 +154,7 @@ def _mean(xs) -> float:
 
 
 class _Profiler:
-    def __init__(self, engine, texts: list[dict], settings: Settings, on_progress=None):
+    def __init__(self, engine, texts: list[dict], settings: Settings, on_progress=None, should_stop=None):
         c = engine.config
         settings.check(c["context"])
         if not texts:
@@ -153,10 +164,10 @@ class _Profiler:
         self.L, self.H, self.K, self.D = c["n_layers"], c["n_heads"], c["n_kv_heads"], c["head_dim"]
         self.theta, self.vocab = float(c["rope_theta"]), c["vocab"]
         self.full = policies.parse_policy({})
-        self.on_progress = on_progress
+        self.on_progress, self.should_stop = on_progress, should_stop
         self.stage = ""
         self.ids = []
-        need = settings.context + settings.queries + settings.positions
+        need = settings.context + settings.queries + settings.scored()
         for t in texts:
             ids = engine.tokenizer.encode(t["text"])
             if len(ids) < need:
@@ -166,14 +177,16 @@ class _Profiler:
         # model runs in all, for progress bars: reading, cutting, K only / V only, retrieval
         s, n0 = settings, settings.context + settings.queries
         self.done = 0
-        self.total = (len(texts) * (_chunks(s.context) + s.queries) + s.positions + self.L * s.positions
-                      + 2 * (_chunks(n0 - 1) + s.positions)
+        self.total = (len(texts) * (_chunks(s.context) + s.queries) + s.scored() + self.L * s.positions
+                      + 2 * (_chunks(n0 - 1) + s.quant_positions)
                       + sum(_chunks(len(q) - 1) + len(f[1]) for q, f in zip(self.facts["questions"],
                                                                           self.facts["facts"])))
 
     # ---- running the model, counting runs
 
     def _tick(self):
+        if self.should_stop is not None and self.should_stop():
+            raise ProfileStopped(f"the profile was stopped after {self.done} of {self.total} runs")
         self.done += 1
         if self.on_progress is not None:
             self.on_progress({"stage": self.stage, "done": min(self.done, self.total), "total": self.total})
@@ -205,7 +218,7 @@ class _Profiler:
             self.heavy = mem(4 * L * H * s.context)  # (L, H, context) f32 accumulated attention
             self.curve = mem(4 * s.context)  # (context,) f32 concentration curve
             self.sums = mem(4 * L * 2 * H)  # (L, 2, H) f32: recent, sinks per step
-            self.ref = mem(4 * s.positions * self.vocab)  # (positions, vocab) f32 kept logits
+            self.ref = mem(4 * s.scored() * self.vocab)  # (scored, vocab) f32 kept logits
             self.out = mem(4 * max(N_STATS, 2))
             acc = {k: [[0.0] * H for _ in range(L)] for k in ("entropy", "recent", "sinks")}
             heavy = [[[0.0] * 6 for _ in range(H)] for _ in range(L)]  # top 1/5/20 %, with / without sinks
@@ -297,26 +310,26 @@ class _Profiler:
 
     # ---- pass 2: layer sensitivity and K vs V
 
-    def _scored_runs(self, ids, n0: int, keep: bool):
-        """Feed ids[n0-1 : n0-1+positions] one per run; keep the logits (the reference) or
-        compare them with the kept ones. Returns the mean KL."""
-        s, m, v4 = self.s, self.m, 4 * self.vocab
+    def _scored_runs(self, ids, n0: int, n: int, keep: bool, pol=None):
+        """Feed ids[n0-1 : n0-1+n] one per run, so the runs predict ids[n0 : n0+n]; keep
+        their logits (the reference) or compare them with the kept ones (mean KL)."""
+        m, v4 = self.m, 4 * self.vocab
         kl = 0.0
-        for j in range(s.positions):
-            table = yield from self.one([ids[n0 - 1 + j]], n0 - 1 + j, self.full)
+        for j in range(n):
+            table = yield from self.one([ids[n0 - 1 + j]], n0 - 1 + j, pol or self.full)
             if keep:
                 _call(m, "kv_memcpy", self.ref + j * v4, table.logits, v4)
             else:
                 _call(m, "kv_logit_stats", self.ref + j * v4, table.logits, self.vocab, ids[n0 + j], self.out)
                 kl += _f32(m, self.out, N_STATS)[2]
-        return kl / s.positions
+        return kl / n
 
     def _sensitivity(self, ids):
         """Per layer: mean KL when only that layer's past is cut to the budget."""
         s = self.s
         n0 = s.context + s.queries  # the reading pass left n0 tokens; score n0 .. n0+positions-1
         self.store.truncate(n0 - 1)
-        yield from self._scored_runs(ids, n0, keep=True)
+        yield from self._scored_runs(ids, n0, s.scored(), keep=True)
         keep_recent = s.budget - s.sinks
         out = []
         for li in range(self.L):
@@ -324,7 +337,7 @@ class _Profiler:
             hi = (n0 - 1) - keep_recent
             if hi > s.sinks:
                 self.store.hide(li, s.sinks, hi)
-            out.append((yield from self._scored_runs(ids, n0, keep=False)))
+            out.append((yield from self._scored_runs(ids, n0, s.positions, keep=False)))
             self.store.truncate(n0 - 1)
             if hi > s.sinks:
                 self.store.hide(li, s.sinks, hi, hidden=False)
@@ -341,13 +354,7 @@ class _Profiler:
             self.store.reset()
             policies.configure(self.store, pol, self.e.config)
             yield from self.read(ids[:n0 - 1], 0, pol)
-            kl = 0.0
-            for j in range(s.positions):  # as _scored_runs, under this policy
-                table = yield from self.one([ids[n0 - 1 + j]], n0 - 1 + j, pol)
-                _call(self.m, "kv_logit_stats", self.ref + j * 4 * self.vocab, table.logits, self.vocab,
-                      ids[n0 + j], self.out)
-                kl += _f32(self.m, self.out, N_STATS)[2]
-            out[name] = kl / s.positions
+            out[name] = yield from self._scored_runs(ids, n0, s.quant_positions, keep=False, pol=pol)
         return out
 
     # ---- pass 2: retrieval
@@ -361,12 +368,22 @@ class _Profiler:
         depths = [(i + 0.5) / (s.facts + 1) for i in range(s.facts)]  # spread, in order
         sentences = [tasklib.CODE_SENTENCE.format(key=k, code=c) for k, c in zip(keys, codes)]
         filler = tok.encode("\n\n".join(t["text"] for t in self.texts[2:] + self.texts[:2]))[: s.context]
-        ctx, starts = tasklib._splice(tok, filler, list(zip(depths, sentences)), "")
-        ctx = ctx[: len(ctx) - len(tok.encode(tasklib.QUESTION_WRAP.format("")))]  # no question yet
+        # each fact is a paragraph of its own, inserted at the first line break at or after
+        # its depth (as kvlab.tasks does), so no word of the text is cut
+        breaks = [i + 1 for i, t in enumerate(filler) if "\n" in tok.decode([t])]
+        ctx, spans, prev = [], [], 0
+        for depth, sen, code in zip(depths, sentences, codes):
+            want = int(depth * len(filler))
+            cut = max(prev, next((i for i in breaks if i >= want), want))
+            ctx += filler[prev:cut]
+            fact = tok.encode(tasklib.FACT_WRAP.format(sen))
+            spans.append(len(ctx) + _digit_offset(tok, tasklib.FACT_WRAP.format(sen), code))
+            ctx += fact
+            prev = cut
+        ctx += filler[prev:]
         facts, questions = [], []
         pending = ctx
-        for key, code, start, sen in zip(keys, codes, starts, sentences):
-            span = start + _digit_offset(tok, tasklib.FACT_WRAP.format(sen), code)
+        for key, code, span in zip(keys, codes, spans):
             digits = [tok.encode(ch)[0] for ch in code]
             facts.append((span, digits))
             questions.append(pending + tok.encode(tasklib.QUESTION_WRAP.format(tasklib.CODE_QUESTION.format(key=key))))
@@ -519,11 +536,16 @@ def _candidates(metrics: dict, L: int, H: int, K: int) -> dict:
 # ---------------------------------------------------------------------------------------
 
 
-def profile(engine, texts: list[dict], settings: Settings | None = None, on_progress=None) -> dict:
-    """Profile on a synchronous host (native); returns the ``profile.json`` object."""
-    return engine.drive(_Profiler(engine, texts, settings or Settings(), on_progress).run())
+def profile(engine, texts: list[dict], settings: Settings | None = None, on_progress=None,
+            should_stop=None) -> dict:
+    """Profile on a synchronous host (native); returns the ``profile.json`` object.
+    ``on_progress`` gets {stage, done, total} after each model run; ``should_stop()`` is
+    polled as often (True: ``ProfileStopped``)."""
+    return engine.drive(_Profiler(engine, texts, settings or Settings(), on_progress, should_stop).run())
 
 
-async def profile_async(engine, texts: list[dict], settings: Settings | None = None, on_progress=None) -> dict:
+async def profile_async(engine, texts: list[dict], settings: Settings | None = None, on_progress=None,
+                        should_stop=None) -> dict:
     """Profile on an asynchronous host (the page)."""
-    return await engine.drive_async(_Profiler(engine, texts, settings or Settings(), on_progress).run())
+    return await engine.drive_async(
+        _Profiler(engine, texts, settings or Settings(), on_progress, should_stop).run())

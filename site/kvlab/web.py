@@ -101,7 +101,8 @@ def reset_json() -> str:
 # ---- the head profile ----------------------------------------------------------------------
 
 #: settings the page may override (kvlab.profile.Settings fields)
-PROFILE_OPTIONS = ("context", "queries", "recent", "sinks", "facts", "positions", "budget", "quant_bits", "seed")
+PROFILE_OPTIONS = ("context", "queries", "recent", "sinks", "facts", "positions", "quant_positions", "budget",
+                   "quant_bits", "seed")
 
 
 async def profile(opts: dict, texts: list[dict], on_progress=None) -> dict:
@@ -109,7 +110,7 @@ async def profile(opts: dict, texts: list[dict], on_progress=None) -> dict:
     or {"error": ...}. ``texts``: the builder's ``profile_texts.json``."""
     from dataclasses import replace
 
-    from .profile import ProfileError, Settings, profile_async
+    from .profile import ProfileError, ProfileStopped, Settings, profile_async
 
     if _engine is None:
         return {"error": "the engine is not started yet", "kind": "internal"}
@@ -120,7 +121,7 @@ async def profile(opts: dict, texts: list[dict], on_progress=None) -> dict:
         if unknown:
             raise ProfileError(f"unknown option {unknown[0]!r}; known: {', '.join(PROFILE_OPTIONS)}")
         settings = replace(Settings(), **opts)
-        res = await profile_async(_engine, texts, settings, on_progress)
+        res = await profile_async(_engine, texts, settings, on_progress, _should_stop)
         # the page shows seed 001's observations beside the heatmaps: derive them here too,
         # so a live profile's sentences say what this browser measured
         from .observe import observations
@@ -128,6 +129,8 @@ async def profile(opts: dict, texts: list[dict], on_progress=None) -> dict:
         return res | {"observations": observations(res)}
     except ProfileError as e:
         return {"error": str(e), "kind": "input"}
+    except ProfileStopped as e:  # the store was reset on the way out
+        return {"error": str(e), "kind": "stopped"}
     except StoreError as e:
         _engine.store.reset()
         return {"error": str(e), "kind": "store"}

@@ -271,7 +271,8 @@ const api = {
     }
   },
 
-  /** Stop the running generation after the current token (its stop_reason: "stopped"). */
+  /** Stop the running generation after the current token (its stop_reason: "stopped"), or
+   *  the running profile after the current model run (it rejects, err.kind "stopped"). */
   stop() { if (busy) stopRequested = true; return busy; },
 
   get busy() { return busy; },
@@ -296,6 +297,7 @@ const api = {
   async profile(opts = {}) {
     if (busy) throw new Error("the engine is busy: wait for it, or call kvlab.stop()");
     busy = true;
+    stopRequested = false;   // kvlab.stop() ends the profile after the current model run
     try {
       await api.start();
       const texts = new TextDecoder().decode(await fetchChecked("profile_texts.json"));

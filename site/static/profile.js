@@ -7,7 +7,7 @@
 // this tab through window.kvlab (boot.js: kvlab.start(), then kvlab.profile(opts)).
 // <body data-profile> says what is drawn: "loading" → "ready" (precomputed) or "live";
 // "error" if the precomputed files cannot be read. <body data-live> follows the button:
-// "running" → "done" | "error". Tests wait on these, never on time.
+// "running" → "done" | "error" | "stopped". Tests wait on these, never on time.
 
 // ---- small helpers ------------------------------------------------------------------------
 
@@ -392,7 +392,8 @@ function draw(view) {
 
 // ---- the live run: boot the engine on demand, then profile ------------------------------------
 
-const ui = { run: $("#live-run"), status: $("#live-status"), bar: $("#live-bar"), error: $("#live-error") };
+const ui = { run: $("#live-run"), stop: $("#live-stop"), status: $("#live-status"), bar: $("#live-bar"),
+             error: $("#live-error") };
 
 function progress(fraction, text) {
   ui.bar.hidden = false;
@@ -439,6 +440,7 @@ async function runLive() {
     phase = "profile";
     const opts = state.quick ? JSON.parse(ui.run.dataset.quick) : {};
     progress(0, `Profiling${state.quick ? " (quick settings)" : ""}…`);
+    ui.stop.hidden = false;   // kvlab.stop() ends the profile after the current model run
     const result = await api.profile(opts);
     state.live = result;
     state.liveWall = (performance.now() - t0) / 1000;
@@ -454,12 +456,17 @@ async function runLive() {
     body.dataset.live = "done";
   } catch (e) {
     const msg = e?.message ?? String(e);
-    if (phase === "profile") fail(`The profile failed: ${msg}`);
+    if (e?.kind === "stopped") {   // asked for: not an error; the precomputed view stays
+      fail("");
+      ui.status.textContent = `Stopped: ${msg}.`;
+      body.dataset.live = "stopped";
+    } else if (phase === "profile") fail(`The profile failed: ${msg}`);
     else if ($("#boot-error").hidden) fail(`The engine could not start: ${msg}`);
     else fail("");   // boot.js has already said why, in #boot-error
   } finally {
     state.running = false;
     ui.run.disabled = false;
+    ui.stop.hidden = true;
   }
 }
 
@@ -485,6 +492,7 @@ async function main() {
   $$(".heatmap").forEach(wireHeatmap);
   for (const r of $$('input[name="view"]')) r.addEventListener("change", () => r.checked && draw(r.value));
   ui.run.addEventListener("click", runLive);
+  ui.stop.addEventListener("click", () => window.kvlab?.stop());
   try {
     [state.pre, state.observations] = await Promise.all([fetchJson("profile.json"), fetchJson("observations.json")]);
     $('input[name="view"][value="precomputed"]').disabled = false;

@@ -19,14 +19,14 @@ import numpy as np
 import pytest
 
 from kvlab.observe import observations
-from kvlab.profile import FORMAT, ProfileError, Settings, profile
+from kvlab.profile import FORMAT, ProfileError, ProfileStopped, Settings, profile
 from kvlab.texts import profile_texts
 from tests.reference import profile_ref as ref
 
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[2]
-SMALL = Settings(context=128, queries=1, positions=2, budget=32)
+SMALL = Settings(context=128, queries=1, positions=2, quant_positions=8, budget=32)
 SHAPES = {"kv_head": (30, 3), "q_head": (30, 9), "layer": (30,)}
 
 
@@ -121,6 +121,16 @@ def test_the_profile_leaves_the_engine_usable(engine, small):
     assert r["tokens_cached"] == 2
 
 
+def test_should_stop_ends_the_profile_and_resets_the_store(engine, texts):
+    from kvlab.engine import Request
+
+    seen = []
+    with pytest.raises(ProfileStopped, match="stopped after 3 of"):
+        profile(engine, texts[:1], SMALL, on_progress=seen.append, should_stop=lambda: len(seen) >= 3)
+    assert engine.store.tokens(-1) == 0
+    assert engine.generate(Request(prompt="Hello", max_new_tokens=2))["tokens_cached"] == 2
+
+
 @pytest.mark.parametrize("bad, words", [
     (dict(context=0), "context"),
     (dict(queries=1.5), "queries"),
@@ -155,7 +165,7 @@ def test_cli_profile_and_observe(tmp_path):
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT / "site"), str(ROOT)]))
     out = tmp_path / "p.json"
     r = subprocess.run([sys.executable, "-m", "kvlab", "profile", "--context", "128", "--queries", "2",
-                        "--positions", "2", "--out", str(out), "--json"],
+                        "--positions", "2", "--quant-positions", "2", "--out", str(out), "--json"],
                        capture_output=True, text=True, env=env, timeout=600)
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout) == json.loads(out.read_text())
