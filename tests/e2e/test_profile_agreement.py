@@ -20,9 +20,10 @@ KL_REL = 1e-3  # layer sensitivity: relative, plus ABS
 #: ~1e-6 between runtimes moves some keys by a whole step. Measured natively, switching
 #: onnxruntime's graph optimizations from "all" to "basic" (nothing else) moves the K-only
 #: KL over 64 positions from 0.0366 to 0.0379 and the V-only KL from 0.00140 to 0.00125
-#: (over 16 positions the K-only KL moved ~20 %, hence quant_positions = 64). So these
-#: agree loosely, and the observation itself (keys far more sensitive) is checked as a ratio.
-QUANT_KL_REL = 0.5
+#: (over 16 positions the K-only KL moved ~20 %, hence quant_positions = 64); the page
+#: measured 0.0407 and 0.00143. So these agree loosely (~3x the 11 % seen), and the
+#: observation itself (keys far more sensitive) is checked as a ratio.
+QUANT_KL_REL = 0.3
 
 
 @pytest.fixture(scope="module")
