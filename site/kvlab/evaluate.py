@@ -6,7 +6,7 @@ scored position the reference pass's logits are copied into a scratch buffer in 
 (``kv_memcpy``), and the compressed pass compares its own logits with them in wasm
 (``kv_logit_stats``, wasm/stats.c): log p of the true next token under each, KL(full ‖
 compressed) in nats, top-1 agreement. Python only adds up a few numbers per position,
-never per vocabulary entry, so this runs in the page under Pyodide as it runs natively.
+never per vocabulary entry.
 
     ppl           ``context`` tokens of real text are read in chunks under the policy
                   (compressing as the cache grows), then ``positions`` more are fed one
@@ -17,10 +17,25 @@ never per vocabulary entry, so this runs in the page under Pyodide as it runs na
                   continuation (exact match of its leading digits). Stats (KL, top-1) are
                   taken at the answer positions while both passes have fed the same
                   tokens (after a divergence the two sequences differ and are not compared).
-                  score = exact-match rate.
+                  score = exact-match rate. multi-hop asks twice: hop 1's digits (the link
+                  number) become hop 2's question, read with the same text on an empty
+                  cache, and the answer counts only if both are right; hop 2's stats are
+                  compared when both passes gave the same hop-1 digits (``kvlab.tasks``
+                  says why the task is built so).
 
-Results also carry the store's real bytes for the compressed pass (``cache_bytes``) and the
-ratios to fp32 / fp16 for the same number of tokens.
+Both hosts run the very same code: a whole evaluation is ONE generator of model runs
+(``evaluation``; every feed is ``yield from engine.runs(...)``), like generation in
+``kvlab.engine``. ``evaluate`` drives it synchronously (native: ``engine.drive``),
+``evaluate_async`` awaits each run (the page, where onnxruntime-web answers with a
+Promise: ``engine.drive_async``). Bad settings raise when the generator is made, before the
+store is touched.
+
+Results also carry the store's real bytes for the compressed pass (``cache_bytes``, its last
+read: multi-hop's is hop 2's) and the ratios to fp32 / fp16 for the same number of tokens.
+
+Limit: ``kvlab.texts`` reads CPython's ``pydoc_data``, which Pyodide leaves out of its
+standard library; the page can evaluate only when the site ships the build's copy (then
+both hosts read the same text, and the results name it by sha256).
 """
 
 from __future__ import annotations
@@ -28,6 +43,7 @@ from __future__ import annotations
 import math
 import re
 import struct
+from typing import Callable
 
 from . import policy as policies
 from . import tasks as tasklib
@@ -35,8 +51,12 @@ from . import texts
 
 N_STATS = 8  # f32 words kv_logit_stats writes (wasm/stats.c)
 FULL = {}  # the full fp32 cache's policy
-ANSWER_TOKENS = 6  # a space, four digits, and one more to see that the number ended
-HOP_TOKENS = 8  # tokens allowed for hop 1's entity name ("CEDAR-OWL." is about 5)
+ANSWER_TOKENS = 6  # four digits, the full stop, and one more to see that the number ended
+HOPS = 2  # multi-hop: questions per item (link number, then code)
+
+DEFAULT_CONTEXT = 1024
+DEFAULT_POSITIONS = 256
+DEFAULT_N = 10
 
 
 class EvalError(ValueError):
@@ -55,13 +75,18 @@ class _Pass:
         self.engine, self.pol = engine, pol
         self.store, self.module = engine.store, engine.store.module
         self.vocab = engine.config["vocab"]
-        self.store.reset()
-        policies.configure(self.store, pol, engine.config)
-        self.pos = 0
-        self.logits = 0  # pointer to the last position's logits (store memory)
+        self.restart()
 
-    def feed(self, ids: list[int]) -> int:
-        self.logits = self.engine.feed(ids, self.pos, self.pol)
+    def restart(self) -> None:
+        """An empty cache under the pass's policy; the next feed is at position 0."""
+        self.store.reset()
+        policies.configure(self.store, self.pol, self.engine.config)
+        self.pos = 0
+        self.logits = 0  # pointer to the last position's logits (store memory): (vocab,) f32
+
+    def feed(self, ids: list[int]):
+        """Read ids at the next positions: a generator of model runs (``yield from``)."""
+        self.logits = yield from self.engine.runs(ids, self.pos, self.pol)
         self.pos += len(ids)
         return self.logits
 
@@ -103,30 +128,51 @@ class _Acc:
         return self.top1 / self.n if self.n else None
 
 
+class _Run:
+    """What one evaluation shares: the engine, the scratch buffers, the sums, progress."""
+
+    def __init__(self, engine, scratch: int, out: int, total: int, on_progress):
+        self.engine, self.tokenizer = engine, engine.tokenizer
+        self.vocab4 = 4 * engine.config["vocab"]
+        self.scratch = scratch  # (slots, vocab) f32: the reference pass's logits
+        self.out = out  # (N_STATS,) f32: kv_logit_stats' output
+        self.acc = _Acc()
+        self.done, self.total, self.on_progress = 0, total, on_progress
+
+    def slot(self, j: int) -> int:
+        return self.scratch + j * self.vocab4
+
+    def tick(self) -> None:
+        self.done += 1
+        if self.on_progress is not None:
+            self.on_progress(self.done, self.total)
+
+
 # ---------------------------------------------------------------------------------------
 # ppl
 # ---------------------------------------------------------------------------------------
 
 
-def _ppl(engine, pol, context, positions, seed, scratch, out, acc, reuse_full):
-    ids, used = texts.token_stream(engine.tokenizer, context + positions + 1, start=seed)
-    vocab4 = 4 * engine.config["vocab"]
-    ref = _Pass(engine, FULL)
-    ref.feed(ids[:context])
+def _ppl(run: _Run, pol, ids: list[int], context: int, positions: int, reuse_full: bool):
+    """Generator of model runs; returns the compressed pass (its store state is the result's)."""
+    acc, out = run.acc, run.out
+    ref = _Pass(run.engine, FULL)
+    yield from ref.feed(ids[:context])
     for j in range(positions):
-        ref.keep(scratch + j * vocab4)
-        ref.feed([ids[context + j]])
+        ref.keep(run.slot(j))
+        yield from ref.feed([ids[context + j]])
+        run.tick()
     if reuse_full:  # the policy is the full cache: compare the kept logits with themselves
         for j in range(positions):
-            ptr = scratch + j * vocab4
-            acc.add(ref.stats(ptr, ids[context + j], out, cmp_ptr=ptr))
-        return {"texts": used}, ref
-    cmp = _Pass(engine, pol)
-    cmp.feed(ids[:context])
+            acc.add(ref.stats(run.slot(j), ids[context + j], out, cmp_ptr=run.slot(j)))
+        return ref
+    cmp = _Pass(run.engine, pol)
+    yield from cmp.feed(ids[:context])
     for j in range(positions):
-        acc.add(cmp.stats(scratch + j * vocab4, ids[context + j], out))
-        cmp.feed([ids[context + j]])
-    return {"texts": used}, cmp
+        acc.add(cmp.stats(run.slot(j), ids[context + j], out))
+        yield from cmp.feed([ids[context + j]])
+        run.tick()
+    return cmp
 
 
 # ---------------------------------------------------------------------------------------
@@ -134,98 +180,97 @@ def _ppl(engine, pol, context, positions, seed, scratch, out, acc, reuse_full):
 # ---------------------------------------------------------------------------------------
 
 
-def _answer(engine, p: _Pass, n_tokens: int, ref_tokens, ref_ptrs, out, acc, stop=None) -> list[int]:
-    """Greedy continuation of n_tokens from p's current logits (feeding all but the last).
-    While p has produced exactly ref_tokens so far, its logits are compared with the
-    reference pass's at ref_ptrs. ``stop(text)`` may end the answer early."""
-    got: list[int] = []
-    for j in range(n_tokens):
-        if ref_ptrs is not None and j < len(ref_tokens) and got == ref_tokens[:j]:
-            acc.add(p.stats(ref_ptrs[j], ref_tokens[j], out))
-        tok = p.argmax()
-        got.append(tok)
-        if stop is not None and stop(engine.tokenizer.decode(got)):
-            break
-        if j + 1 < n_tokens:
-            p.feed([tok])
-    return got
-
-
 def _digits(text: str) -> str:
     m = re.match(r"\s*(\d+)", text)
     return m.group(1) if m else ""
 
 
-def _entity(text: str) -> str:
-    m = re.match(r"\s*([A-Z]+-[A-Z]+)", text)
-    return m.group(1) if m else ""
+def _sentence_ended(text: str) -> bool:
+    return "." in text or "\n" in text
 
 
-def _ask(engine, p: _Pass, item, ref_trace, scratch, out, acc) -> dict:
-    """Read one question and answer it; ref_trace is None for the reference pass (which
-    records its tokens and keeps its logits at scratch), else the reference's trace."""
-    vocab4 = 4 * engine.config["vocab"]
-    trace = {"tokens": [], "kept": []}
-    slot = [0]
+def _greedy(run: _Run, p: _Pass, first_slot: int, ref_tokens: list[int] | None, compare: bool, stop=None):
+    """Greedy continuation of up to ANSWER_TOKENS tokens from p's current logits, feeding
+    all but the last: a generator of model runs; returns the tokens.
 
-    def ptrs(n):  # reference: where to keep; compressed: where the reference's are
-        base = scratch + slot[0] * vocab4
-        slot[0] += n
-        return [base + j * vocab4 for j in range(n)]
+    The reference pass (ref_tokens None) keeps its logits at every position in the scratch
+    slots from first_slot on. The compressed pass compares its logits with those kept
+    there while it has produced exactly ref_tokens so far (and ``compare``: both passes fed
+    the same question). ``stop(text)`` ends the answer early (hop 1: at the full stop)."""
+    got: list[int] = []
+    for j in range(ANSWER_TOKENS):
+        where = run.slot(first_slot + j)
+        if ref_tokens is None:
+            p.keep(where)
+        elif compare and j < len(ref_tokens) and got == ref_tokens[:j]:
+            run.acc.add(p.stats(where, ref_tokens[j], run.out))
+        got.append(p.argmax())
+        if stop is not None and stop(run.tokenizer.decode(got)):
+            break
+        if j + 1 < ANSWER_TOKENS:
+            yield from p.feed([got[-1]])
+    return got
 
-    def run(n_tokens, stop=None, index=0):
-        where = ptrs(n_tokens)
-        if ref_trace is None:  # keep every answer position's logits for the comparison
-            got = []
-            for j in range(n_tokens):
-                p.keep(where[j])
-                tok = p.argmax()
-                trace["kept"].append((where[j], tok))
-                got.append(tok)
-                if stop is not None and stop(engine.tokenizer.decode(got)):
-                    break
-                if j + 1 < n_tokens:
-                    p.feed([tok])
-            trace["tokens"].append(got)
-            return got
-        ref_tokens = ref_trace["tokens"][index] if index < len(ref_trace["tokens"]) else []
-        # compare only while both passes fed the same question tokens (hop 2 differs if hop 1 did)
-        same = index == 0 or trace["tokens"][:index] == ref_trace["tokens"][:index]
-        got = _answer(engine, p, n_tokens, ref_tokens, where if same else None, out, acc, stop)
+
+def _ask(run: _Run, p: _Pass, item: tasklib.Item, ref: dict | None):
+    """Read one question and answer it (both hops for multi-hop): a generator of model
+    runs; returns the trace. ref is None for the reference pass, else its trace."""
+    tok = run.tokenizer
+    trace: dict = {"tokens": []}  # per hop: the answer's tokens
+
+    def hop(index: int, stop=None):
+        ref_tokens = None if ref is None else (ref["tokens"][index] if index < len(ref["tokens"]) else [])
+        # compare only when both passes read the same question: hop 2's is asked with the
+        # digits each pass gave in hop 1
+        compare = ref is not None and (index == 0 or trace["named"] == ref["named"])
+        got = yield from _greedy(run, p, index * ANSWER_TOKENS, ref_tokens, compare, stop)
         trace["tokens"].append(got)
         return got
 
-    p.feed(item.ids)
-    tok = engine.tokenizer
-    if item.hop:  # hop 1: name the linked entity; hop 2: its code, asked in the model's words
-        got = run(HOP_TOKENS, stop=lambda t: "." in t or "\n" in t, index=0)
+    yield from p.feed(item.ids)
+    hop_ok, wrong_chain = True, False
+    if item.hop:  # hop 1: the link number; hop 2: its code, asked with the model's digits
+        got = yield from hop(0, stop=_sentence_ended)
         trace["hop_answer"] = tok.decode(got)
-        named = _entity(trace["hop_answer"])
-        p.feed([got[-1]] + tok.encode(tasklib.QUESTION_WRAP.format(tasklib.CODE_QUESTION.format(key=named or "?"))))
-        got = run(ANSWER_TOKENS, index=1)
-        trace["named"] = named
+        trace["named"] = named = _digits(trace["hop_answer"])
+        hop_ok = named == item.hop
+        wrong_chain = named in item.others  # hop 1 gave the distractor chain's link number
+        # hop 2 reads the text again with the new question, on an empty cache: right after
+        # hop 1's question and answer, the full cache took the distractor chain's code in 1
+        # of 30 questions where the same question on the bare text gets 30 of 30
+        p.restart()
+        yield from p.feed(tasklib.hop_question(item, tok, named))
+        got = yield from hop(1)
     else:
-        got = run(ANSWER_TOKENS)
+        got = yield from hop(0)
     text = tok.decode(got)
     digits = _digits(text)
-    trace.update(answer=text, digits=digits, correct=digits == item.code,
-                 crossover=digits != item.code and digits in item.others.values())
+    correct = hop_ok and digits == item.code
+    trace.update(answer=text, digits=digits, correct=correct,
+                 crossover=not correct and (digits in item.others.values() or wrong_chain))
     return trace
 
 
-def _retrieval(engine, task, pol, context, n, seed, scratch, out, acc, reuse_full):
-    items = tasklib.make_items(task, engine.tokenizer, context, n, seed)
+def _kept(trace: dict) -> list[tuple[int, int]]:
+    """(scratch slot, token chosen there) for every position the reference pass kept."""
+    return [(i * ANSWER_TOKENS + j, t) for i, toks in enumerate(trace["tokens"]) for j, t in enumerate(toks)]
+
+
+def _retrieval(run: _Run, pol, items: list[tasklib.Item], reuse_full: bool):
+    """Generator of model runs; returns (question details, the compressed pass)."""
     details, cmp = [], None
     for item in items:
-        ref = _Pass(engine, FULL)
-        full = _ask(engine, ref, item, None, scratch, out, acc)
+        ref = _Pass(run.engine, FULL)
+        full = yield from _ask(run, ref, item, None)
+        run.tick()
         if reuse_full:  # the policy is the full cache: the reference pass is its own result
             cmp, mine = ref, full
-            for ptr, tok in full["kept"]:
-                acc.add(ref.stats(ptr, tok, out, cmp_ptr=ptr))
+            for j, t in _kept(full):
+                run.acc.add(ref.stats(run.slot(j), t, run.out, cmp_ptr=run.slot(j)))
         else:
-            cmp = _Pass(engine, pol)
-            mine = _ask(engine, cmp, item, full, scratch, out, acc)
+            cmp = _Pass(run.engine, pol)
+            mine = yield from _ask(run, cmp, item, full)
+            run.tick()
         d = {"key": item.key, "code": item.code, "depth": item.depth, "tokens": len(item.ids),
              "answer": mine["answer"], "correct": mine["correct"], "crossover": mine["crossover"],
              "answer_full": full["answer"], "correct_full": full["correct"],
@@ -236,28 +281,24 @@ def _retrieval(engine, task, pol, context, n, seed, scratch, out, acc, reuse_ful
         if item.others:
             d["others"] = item.others
         details.append(d)
-    used = []
-    for it in items:
-        used += [t for t in it.texts if t not in used]
-    return {"texts": used, "questions": details}, cmp
+    return details, cmp
 
 
 # ---------------------------------------------------------------------------------------
 # The harness
 # ---------------------------------------------------------------------------------------
 
-DEFAULT_CONTEXT = 1024
-DEFAULT_POSITIONS = 256
-DEFAULT_N = 10
 
+def evaluation(engine, task: str, policy=None, context: int = DEFAULT_CONTEXT, seed: int = 0,
+               n: int = DEFAULT_N, positions: int = DEFAULT_POSITIONS, reuse_full: bool = False,
+               on_progress: Callable[[int, int], None] | None = None):
+    """One evaluation as a generator of model runs (drive it with ``engine.drive`` or
+    ``engine.drive_async``); it returns the object ``kvlab eval --json`` prints.
 
-def evaluate(engine, task: str, policy=None, context: int = DEFAULT_CONTEXT, seed: int = 0,
-             n: int = DEFAULT_N, positions: int = DEFAULT_POSITIONS, reuse_full: bool = False) -> dict:
-    """Run one task under one policy; returns the object ``kvlab eval --json`` prints.
-
-    reuse_full: when the policy is the full cache, compare the reference pass with itself
-    instead of running a second, identical pass (half the time; the result is the same by
-    construction, since the engine is deterministic).
+    The settings are checked and the texts and questions built here, at once: bad input
+    raises (EvalError, PolicyError) before the store is touched. ``on_progress(done,
+    total)`` is called after each teacher-forced ppl position and each answered question,
+    per pass.
     """
     if task not in tasklib.TASKS:
         raise EvalError(f"unknown task {task!r}: choose one of {', '.join(tasklib.TASKS)}")
@@ -270,26 +311,46 @@ def evaluate(engine, task: str, policy=None, context: int = DEFAULT_CONTEXT, see
     if need > max_ctx:
         raise EvalError(f"context {context} leaves no room: the model reads at most {max_ctx} positions")
     reuse = reuse_full and pol == policies.parse_policy(FULL)
+    passes = 1 if reuse else 2
+    if task == "ppl":
+        ids, used = texts.token_stream(engine.tokenizer, context + positions + 1, start=seed)
+        items, total = None, passes * positions
+    else:
+        try:
+            items = tasklib.make_items(task, engine.tokenizer, context, n, seed)
+        except ValueError as e:  # e.g. a context too short for the task's facts
+            raise EvalError(str(e)) from None
+        used = []
+        for it in items:
+            used += [t for t in it.texts if t not in used]
+        total = passes * n
+    return _evaluation(engine, task, pol, context, seed, n, positions, reuse, items,
+                       ids if items is None else None, used, total, on_progress)
 
+
+def _evaluation(engine, task, pol, context, seed, n, positions, reuse, items, ids, used, total, on_progress):
     store, vocab = engine.store, engine.config["vocab"]
-    slots = positions if task == "ppl" else HOP_TOKENS + ANSWER_TOKENS
+    slots = positions if task == "ppl" else HOPS * ANSWER_TOKENS
     scratch = store.alloc(4 * vocab * slots)  # (slots, vocab) f32: the reference's logits
     out = store.alloc(4 * N_STATS)
-    acc = _Acc()
+    run = _Run(engine, scratch, out, total, on_progress)
+    acc = run.acc
+    extra: dict = {}
     t0 = engine.host.now_ms()
     try:
         if task == "ppl":
-            extra, cmp = _ppl(engine, pol, context, positions, seed, scratch, out, acc, reuse)
+            yield from _ppl(run, pol, ids, context, positions, reuse)
             score = math.exp(-acc.lp / acc.n)
             score_full = math.exp(-acc.lp_full / acc.n)
         else:
-            extra, cmp = _retrieval(engine, task, pol, context, n, seed, scratch, out, acc, reuse)
-            qs = extra["questions"]
+            qs, _ = yield from _retrieval(run, pol, items, reuse)
             score = sum(q["correct"] for q in qs) / len(qs)
             score_full = sum(q["correct_full"] for q in qs) / len(qs)
-            extra["crossovers"] = sum(q["crossover"] for q in qs)
-            extra["misses"] = sum(not q["correct"] and not q["crossover"] for q in qs)
-            extra["crossovers_full"] = sum(q["crossover_full"] for q in qs)
+            extra = {"questions": qs,
+                     "crossovers": sum(q["crossover"] for q in qs),
+                     "misses": sum(not q["correct"] and not q["crossover"] for q in qs),
+                     "crossovers_full": sum(q["crossover_full"] for q in qs)}
+        # the store holds the compressed pass's last sequence (or the reference's, reused)
         tokens = store.tokens(-1)
         cache_bytes = store.bytes()
     finally:
@@ -314,7 +375,7 @@ def evaluate(engine, task: str, policy=None, context: int = DEFAULT_CONTEXT, see
         "fp16_bytes": tokens * per_token * 2,
         "ratio_vs_fp32": round(tokens * per_token * 4 / cache_bytes, 4) if cache_bytes else None,
         "ratio_vs_fp16": round(tokens * per_token * 2 / cache_bytes, 4) if cache_bytes else None,
-        "texts": extra.pop("texts"),
+        "texts": used,
         "texts_source": texts.SOURCE,
         "seconds": round((engine.host.now_ms() - t0) / 1000, 2),
         "host": engine.host.name,
@@ -323,3 +384,24 @@ def evaluate(engine, task: str, policy=None, context: int = DEFAULT_CONTEXT, see
         res["n"] = n
     res.update(extra)
     return res
+
+
+def evaluate(engine, task: str, policy=None, context: int = DEFAULT_CONTEXT, seed: int = 0,
+             n: int = DEFAULT_N, positions: int = DEFAULT_POSITIONS, reuse_full: bool = False,
+             on_progress: Callable[[int, int], None] | None = None) -> dict:
+    """Run one task under one policy on a synchronous host (native); returns the object
+    ``kvlab eval --json`` prints.
+
+    reuse_full: when the policy is the full cache, compare the reference pass with itself
+    instead of running a second, identical pass (half the time; the result is the same by
+    construction, since the engine is deterministic).
+    """
+    return engine.drive(evaluation(engine, task, policy, context, seed, n, positions, reuse_full, on_progress))
+
+
+async def evaluate_async(engine, task: str, policy=None, context: int = DEFAULT_CONTEXT, seed: int = 0,
+                         n: int = DEFAULT_N, positions: int = DEFAULT_POSITIONS, reuse_full: bool = False,
+                         on_progress: Callable[[int, int], None] | None = None) -> dict:
+    """``evaluate`` for hosts whose model runs asynchronously (the page)."""
+    return await engine.drive_async(evaluation(engine, task, policy, context, seed, n, positions, reuse_full,
+                                               on_progress))

@@ -144,3 +144,43 @@ async def profile_json(opts_json: str, texts_json: str, progress=None) -> str:
         return json.dumps({"error": f"options are not valid JSON: {e}", "kind": "input"})
     on_progress = (lambda ev: progress(json.dumps(ev))) if progress is not None else None
     return json.dumps(await profile(opts, texts, on_progress))
+
+
+# ---- the quality harness -------------------------------------------------------------------
+
+#: the options of ``kvlab.evaluate`` (the keyword arguments of ``kvlab.evaluate.evaluate``)
+EVAL_OPTIONS = ("task", "policy", "context", "seed", "n", "positions")
+
+
+async def evaluate(opts: dict) -> dict:
+    """Run one quality task (``python -m kvlab eval``) on the page's host; the object of
+    ``eval --json``, or {"error": ...}. Uses the store like ``generate``: one at a time."""
+    from .evaluate import EvalError, evaluate_async
+
+    if _engine is None:
+        return {"error": "the engine is not started yet", "kind": "internal"}
+    try:
+        if not isinstance(opts, dict):
+            raise EvalError(f"evaluate takes an options object, got {opts!r}")
+        unknown = sorted(set(opts) - set(EVAL_OPTIONS))
+        if unknown:
+            raise EvalError(f"unknown option {unknown[0]!r}; known: {', '.join(EVAL_OPTIONS)}")
+        if "task" not in opts:
+            raise EvalError("the option 'task' is required")
+        return await evaluate_async(_engine, **{k: v for k, v in opts.items() if v is not None})
+    except (EvalError, PolicyError) as e:
+        return {"error": str(e), "kind": "input"}
+    except ImportError as e:
+        # the reference texts (pydoc_data) are missing from this page's Python
+        return {"error": f"the harness's texts are not available here: {e}", "kind": "internal"}
+    except StoreError as e:
+        _engine.store.reset()
+        return {"error": str(e), "kind": "store"}
+
+
+async def evaluate_json(opts_json: str) -> str:
+    try:
+        opts = json.loads(opts_json)
+    except ValueError as e:
+        return json.dumps({"error": f"options are not valid JSON: {e}", "kind": "input"})
+    return json.dumps(await evaluate(opts))

@@ -271,6 +271,18 @@ const api = {
     }
   },
 
+  /** Measure a policy's quality against the full cache; resolves with the object of
+   *  `python -m kvlab eval --json`. opts: {task, policy, context, seed, n, positions}. */
+  async evaluate(opts = {}) {
+    if (busy) throw new Error("the engine is busy: wait for it (an evaluation runs to its end)");
+    busy = true;
+    try {
+      return await callWeb((web) => web.evaluate_json(JSON.stringify(opts)));
+    } finally {
+      busy = false;
+    }
+  },
+
   /** Stop the running generation after the current token (its stop_reason: "stopped"), or
    *  the running profile after the current model run (it rejects, err.kind "stopped"). */
   stop() { if (busy) stopRequested = true; return busy; },

@@ -1,11 +1,12 @@
 """The quality harness (``python -m kvlab eval``, ``kvlab.evaluate``) on the real model.
 
-Kept quick: small contexts except the needle check at 1,024 tokens (the task's promise:
-the full cache finds the fact at least 90% of the time).
+Kept quick: small contexts except the retrieval checks at 1,024 tokens (the tasks' promise:
+the full cache answers at least 90% of the questions, or a task teaches nothing).
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
@@ -15,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from kvlab import tasks
-from kvlab.evaluate import EvalError, evaluate
+from kvlab.evaluate import EvalError, evaluate, evaluate_async
 from kvlab.techniques import PolicyError
 
 pytestmark = pytest.mark.slow
@@ -90,12 +91,30 @@ def test_q4_costs_more_than_q8(engine):
     assert q8["score_full"] == q4["score_full"]
 
 
-def test_needle_full_cache_finds_the_fact(engine):
-    res = evaluate(engine, "needle", {}, context=1024, n=10, reuse_full=True)
-    print(json.dumps({k: res[k] for k in ("score_full", "seconds")}))
+@pytest.mark.parametrize("task", tasks.RETRIEVAL)
+def test_full_cache_answers_the_retrieval_tasks(engine, task):
+    res = evaluate(engine, task, {}, context=1024, n=10, reuse_full=True)
+    print(json.dumps({k: res[k] for k in ("task", "score_full", "crossovers_full", "seconds")}))
     assert res["score_full"] >= 0.9
-    assert len(res["questions"]) == 10 and {q["depth"] for q in res["questions"]} >= {0.1, 0.5, 0.9}
+    assert len(res["questions"]) == 10 and len({q["depth"] for q in res["questions"]}) == 10
     assert all(q["tokens"] <= 1024 for q in res["questions"])
+
+
+def test_async_driver_gives_the_same_result(engine, monkeypatch):
+    """evaluate_async (the page's driver) runs the very same generator as evaluate."""
+
+    async def run_async(ids, pos, table):  # the native model, behind an awaitable
+        engine.host.run(ids, pos, table)
+
+    monkeypatch.setattr(engine.host, "run_async", run_async, raising=False)
+    seen = []
+    for task, kw in (("ppl", {"context": 128, "positions": 8}), ("multi-hop", {"context": 256, "n": 2})):
+        a = evaluate(engine, task, Q4, **kw)
+        b = asyncio.run(evaluate_async(engine, task, Q4, on_progress=lambda d, t: seen.append((d, t)), **kw))
+        a.pop("seconds"), b.pop("seconds")
+        assert a == b
+        assert seen[-1][0] == seen[-1][1] == 2 * (kw.get("positions") or kw["n"])  # both passes
+        seen.clear()
 
 
 def test_deterministic_with_the_seed(engine):
@@ -104,24 +123,76 @@ def test_deterministic_with_the_seed(engine):
         a, b = (tasks.make_items(task, tok, 512, 3, seed=7) for _ in range(2))
         c = tasks.make_items(task, tok, 512, 3, seed=8)
         assert [i.ids for i in a] == [i.ids for i in b] != [i.ids for i in c]
-        assert all(len(i.ids) == 512 for i in a)
+        # every read is at most the context; the longer question makes it exactly so
+        reads = [(i.ids, tasks.hop_question(i, tok, i.hop) if i.hop else i.ids) for i in a]
+        assert all(max(len(x), len(y)) == 512 for x, y in reads)
     runs = [evaluate(engine, "multi-needle", Q4, context=256, n=2, seed=3) for _ in range(2)]
     for r in runs:
         r.pop("seconds")
     assert runs[0] == runs[1]
 
 
-def test_multi_hop_items_chain():
-    """The asked chain's entity appears as a link target and as a code's owner."""
+def test_multi_hop_items_chain(bundle):
+    """key → link number → code, and a distractor chain with nothing in common but the shape."""
     from kvlab.tokenizer import Tokenizer
     from kvlab.artifacts import default_dir
 
     tok = Tokenizer.from_file(f"{default_dir()}/tokenizer.json")
-    for item in tasks.make_items("multi-hop", tok, 512, 3, seed=0):
+    for item in tasks.make_items("multi-hop", tok, 512, 10, seed=0):
         text = tok.decode(item.ids)
+        assert item.hop.isdigit() and len(item.hop) == 4
         assert tasks.LINK_SENTENCE.format(a=item.key, b=item.hop) in text
         assert tasks.CODE_SENTENCE.format(key=item.hop, code=item.code) in text
         assert text.endswith(tasks.LINK_QUESTION.format(a=item.key))
+        (link, code), = item.others.items()
+        assert tasks.CODE_SENTENCE.format(key=link, code=code) in text
+        assert not set(link) & set(item.hop)  # no digit in common
+        other = text.split(f"-{link}.")[0].rsplit("link: ", 1)[1]  # the distractor's key
+        assert not set(other.split("-")) & set(item.key.split("-"))  # no word in common
+        # hop 2 reads the same text, then asks the code of the link number given
+        second = tasks.hop_question(item, tok, item.hop)
+        assert second[:item.question_at] == item.ids[:item.question_at]
+        assert tok.decode(second).endswith(tasks.CODE_QUESTION.format(key=item.hop))
+
+
+def test_multi_hop_compares_both_hops(engine):
+    """Where the compressed pass answers as the full cache did, every answer position of
+    both hops is compared: as many positions as the full cache's own."""
+    q8 = evaluate(engine, "multi-hop", {"quant": {"k_bits": 8, "v_bits": 8}}, context=256, n=2)
+    full = evaluate(engine, "multi-hop", {}, context=256, n=2, reuse_full=True)
+    assert all(q["named"] == q["named_full"] and q["answer"] == q["answer_full"] for q in q8["questions"])
+    assert q8["positions"] == full["positions"] > 2 * 2 * 4  # two hops of ≥ 4 digits each
+    assert 0 < q8["kld_vs_full"] and full["kld_vs_full"] == 0
+
+
+def test_multi_hop_counts_only_both_hops(engine, monkeypatch):
+    """Right only if both hops are; taking the distractor chain is a crossover."""
+    make_items = tasks.make_items
+
+    def wrong_link(*args):  # hop 1 is marked as expecting a number the text never links
+        items = make_items(*args)
+        for it in items:
+            it.hop = "0000"
+        return items
+
+    monkeypatch.setattr(tasks, "make_items", wrong_link)
+    res = evaluate(engine, "multi-hop", {}, context=256, n=2, reuse_full=True)
+    for q in res["questions"]:  # the model still follows the real chain to the real code ...
+        assert q["named_full"] != "0000" and q["answer_full"].startswith(q["code"])
+        assert not q["correct_full"]  # ... but hop 1 was not what the item expected
+    monkeypatch.undo()
+
+    def distractor_question(item, tok, link):  # hop 2 asks the other chain's link number
+        return hop_question(item, tok, next(iter(item.others)))
+
+    hop_question = tasks.hop_question
+    monkeypatch.setattr(tasks, "hop_question", distractor_question)
+    res = evaluate(engine, "multi-hop", {}, context=256, n=2, reuse_full=True)
+    for q in res["questions"]:
+        assert q["named_full"] == q["hop"]  # hop 1 was right
+        assert q["answer_full"].startswith(next(iter(q["others"].values())))
+        assert not q["correct_full"] and q["crossover_full"]
+    assert res["crossovers_full"] == 2 and res["score_full"] == 0
 
 
 def test_items_do_not_depend_on_the_hash_seed(bundle):
