@@ -7,7 +7,8 @@
     vendor/pyodide/           the Pyodide core (npm ``pyodide``)
     vendor/ort/               onnxruntime-web's wasm backend only (npm ``onnxruntime-web``)
     vendor/uplot/             uPlot for the charts (npm ``uplot``)
-    kvlab.zip                 the ``site/kvlab`` package, unpacked into Pyodide's file system
+    kvlab.zip                 the ``site/kvlab`` package (and CPython's ``pydoc_data``, the
+                              harness's texts), unpacked into Pyodide's file system
     kvstore.wasm, kvstore-scalar.wasm, config.json, tokenizer.json
     profile.json, observations.json, profile_texts.json
                               the head profile, the four observations and the texts they
@@ -97,10 +98,21 @@ def model_parts(model: Path, sha256: str) -> tuple[Path, list[dict]]:
 
 
 def kvlab_zip(dst: Path) -> None:
-    """``site/kvlab`` as a zip (``kvlab/...``) with fixed timestamps: same source, same bytes."""
+    """``site/kvlab`` as a zip (``kvlab/...``) with fixed timestamps: same source, same bytes.
+
+    Also the build Python's ``pydoc_data`` (CPython's reference documentation, the quality
+    harness's texts, ~160 KB deflated): Pyodide leaves it out of its standard library, and
+    shipping this copy makes both hosts read exactly the same text (same sha256). The zip
+    is unpacked ahead of Pyodide's own library on ``sys.path``.
+    """
+    import pydoc_data
+
+    files = [(f, f.relative_to(SITE)) for f in sorted((SITE / "kvlab").rglob("*.py"))]
+    pd = Path(pydoc_data.__file__).parent
+    files += [(pd / name, Path("pydoc_data") / name) for name in ("__init__.py", "topics.py")]
     with zipfile.ZipFile(dst, "w", zipfile.ZIP_DEFLATED) as z:
-        for f in sorted((SITE / "kvlab").rglob("*.py")):
-            info = zipfile.ZipInfo(str(f.relative_to(SITE)), date_time=(2020, 1, 1, 0, 0, 0))
+        for f, arc in files:
+            info = zipfile.ZipInfo(arc.as_posix(), date_time=(2020, 1, 1, 0, 0, 0))
             info.compress_type = zipfile.ZIP_DEFLATED
             z.writestr(info, f.read_bytes())
 
