@@ -33,9 +33,9 @@ store is touched.
 Results also carry the store's real bytes for the compressed pass (``cache_bytes``, its last
 read: multi-hop's is hop 2's) and the ratios to fp32 / fp16 for the same number of tokens.
 
-Limit: ``kvlab.texts`` reads CPython's ``pydoc_data``, which Pyodide leaves out of its
-standard library; the page can evaluate only when the site ships the build's copy (then
-both hosts read the same text, and the results name it by sha256).
+Texts: ``kvlab.texts`` reads CPython's ``pydoc_data``, which Pyodide leaves out of its
+standard library; the site ships the build's copy inside ``kvlab.zip``, so both hosts read
+the same text (the results name it by sha256).
 """
 
 from __future__ import annotations
