@@ -42,14 +42,14 @@ from __future__ import annotations
 
 import math
 import re
-import struct
 from typing import Callable
 
 from . import policy as policies
 from . import tasks as tasklib
 from . import texts
+from .store import KVStore, StoreError
 
-N_STATS = 8  # f32 words kv_logit_stats writes (wasm/stats.c)
+N_STATS = KVStore.N_STATS  # f32 words kv_logit_stats writes (wasm/stats.c)
 FULL = {}  # the full fp32 cache's policy
 ANSWER_TOKENS = 6  # four digits, the full stop, and one more to see that the number ended
 HOPS = 2  # multi-hop: questions per item (link number, then code)
@@ -101,10 +101,10 @@ class _Pass:
         """Compare the current logits (or those at cmp_ptr) with the reference at ref_ptr
         (see wasm/stats.c)."""
         cmp = self.logits if cmp_ptr is None else cmp_ptr
-        rc = self.module.call("kv_logit_stats", ref_ptr, cmp, self.vocab, target, out)
-        if rc < 0:
-            raise EvalError(f"kv_logit_stats failed ({rc})")
-        return struct.unpack(f"<{N_STATS}f", self.module.read(out, 4 * N_STATS))
+        try:
+            return self.store.logit_stats(ref_ptr, cmp, target, out)
+        except StoreError as e:
+            raise EvalError(f"kv_logit_stats failed ({e.code})") from None
 
 
 class _Acc:

@@ -67,7 +67,6 @@ from . import tasks as tasklib
 from .engine import PREFILL_CHUNK
 
 FORMAT = "kvlab-profile-1"
-N_STATS = 8  # f32 words of kv_logit_stats (wasm/stats.c)
 TOP = (0.01, 0.05, 0.20)  # heavy-hitter shares: the top 1 %, 5 %, 20 % of tokens
 
 
@@ -219,7 +218,7 @@ class _Profiler:
             self.curve = mem(4 * s.context)  # (context,) f32 concentration curve
             self.sums = mem(4 * L * 2 * H)  # (L, 2, H) f32: recent, sinks per step
             self.ref = mem(4 * s.scored() * self.vocab)  # (scored, vocab) f32 kept logits
-            self.out = mem(4 * max(N_STATS, 2))
+            self.out = mem(4 * max(self.store.N_STATS, 2))
             acc = {k: [[0.0] * H for _ in range(L)] for k in ("entropy", "recent", "sinks")}
             heavy = [[[0.0] * 6 for _ in range(H)] for _ in range(L)]  # top 1/5/20 %, with / without sinks
             n_q = 0
@@ -320,8 +319,7 @@ class _Profiler:
             if keep:
                 _call(m, "kv_memcpy", self.ref + j * v4, table.logits, v4)
             else:
-                _call(m, "kv_logit_stats", self.ref + j * v4, table.logits, self.vocab, ids[n0 + j], self.out)
-                kl += _f32(m, self.out, N_STATS)[2]
+                kl += self.store.logit_stats(self.ref + j * v4, table.logits, ids[n0 + j], self.out)[2]
         return kl / n
 
     def _sensitivity(self, ids):

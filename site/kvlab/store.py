@@ -214,6 +214,18 @@ class KVStore:
         """Sample a token from n logits at ptr (temperature <= 0: argmax)."""
         return self._call("kv_sample", ptr, self.vocab if n is None else n, float(temperature), top_k, float(top_p))
 
+    # ---- quality statistics (wasm/stats.c)
+
+    #: f32 words kv_logit_stats writes: log p_cmp(target), log p_ref(target), KL(ref ‖ cmp),
+    #: top-1 agreement, entropy cmp, entropy ref, argmax cmp, argmax ref
+    N_STATS = 8
+
+    def logit_stats(self, ref: int, cmp: int, target: int, out: int) -> tuple[float, ...]:
+        """Compare the logits at cmp with the reference logits at ref ((vocab,) f32 each) at
+        a position whose next token is target; out: (N_STATS,) f32 scratch."""
+        self._call("kv_logit_stats", ref, cmp, self.vocab, target, out)
+        return struct.unpack(f"<{self.N_STATS}f", self.module.read(out, 4 * self.N_STATS))
+
     # ---- scratch memory and raw kernels (tests, benchmarks, tools)
 
     def alloc(self, n: int) -> int:

@@ -51,13 +51,27 @@ def techniques_json() -> str:
 
 # ---- requests -----------------------------------------------------------------------------
 
+def check_options(opts, known, what: str, error=InputError) -> None:
+    """Refuse anything but an options object whose keys are all in ``known``, by name."""
+    if not isinstance(opts, dict):
+        raise error(f"{what} takes an options object, got {opts!r}")
+    unknown = sorted(set(opts) - set(known))
+    if unknown:
+        raise error(f"unknown option {unknown[0]!r}; known: {', '.join(known)}")
+
+
+async def _json_call(fn, *texts: str, **kw) -> str:
+    """``await fn(*parsed texts, **kw)`` with JSON text in and out: what crosses the bridge."""
+    try:
+        args = [json.loads(t) for t in texts]
+    except ValueError as e:
+        return json.dumps({"error": f"options are not valid JSON: {e}", "kind": "input"})
+    return json.dumps(await fn(*args, **kw))
+
+
 def request(opts: dict) -> Request:
     """A Request from the page's options object; unknown keys are refused by name."""
-    if not isinstance(opts, dict):
-        raise InputError(f"generate takes an options object, got {opts!r}")
-    unknown = sorted(set(opts) - set(OPTIONS))
-    if unknown:
-        raise InputError(f"unknown option {unknown[0]!r}; known: {', '.join(OPTIONS)}")
+    check_options(opts, OPTIONS, "generate")
     return Request(**{OPTIONS[k]: v for k, v in opts.items() if v is not None})
 
 
@@ -78,11 +92,7 @@ async def generate(opts: dict) -> dict:
 
 
 async def generate_json(opts_json: str) -> str:
-    try:
-        opts = json.loads(opts_json)
-    except ValueError as e:
-        return json.dumps({"error": f"options are not valid JSON: {e}", "kind": "input"})
-    return json.dumps(await generate(opts))
+    return await _json_call(generate, opts_json)
 
 
 def reset() -> dict:
@@ -115,11 +125,7 @@ async def profile(opts: dict, texts: list[dict], on_progress=None) -> dict:
     if _engine is None:
         return {"error": "the engine is not started yet", "kind": "internal"}
     try:
-        if not isinstance(opts, dict):
-            raise ProfileError(f"profile takes an options object, got {opts!r}")
-        unknown = sorted(set(opts) - set(PROFILE_OPTIONS))
-        if unknown:
-            raise ProfileError(f"unknown option {unknown[0]!r}; known: {', '.join(PROFILE_OPTIONS)}")
+        check_options(opts, PROFILE_OPTIONS, "profile", ProfileError)
         settings = replace(Settings(), **opts)
         res = await profile_async(_engine, texts, settings, on_progress, _should_stop)
         # the page shows seed 001's observations beside the heatmaps: derive them here too,
@@ -138,12 +144,8 @@ async def profile(opts: dict, texts: list[dict], on_progress=None) -> dict:
 
 async def profile_json(opts_json: str, texts_json: str, progress=None) -> str:
     """``profile`` with JSON text in and out; ``progress(json)`` gets each progress event."""
-    try:
-        opts, texts = json.loads(opts_json), json.loads(texts_json)
-    except ValueError as e:
-        return json.dumps({"error": f"options are not valid JSON: {e}", "kind": "input"})
     on_progress = (lambda ev: progress(json.dumps(ev))) if progress is not None else None
-    return json.dumps(await profile(opts, texts, on_progress))
+    return await _json_call(profile, opts_json, texts_json, on_progress=on_progress)
 
 
 # ---- the quality harness -------------------------------------------------------------------
@@ -160,27 +162,16 @@ async def evaluate(opts: dict) -> dict:
     if _engine is None:
         return {"error": "the engine is not started yet", "kind": "internal"}
     try:
-        if not isinstance(opts, dict):
-            raise EvalError(f"evaluate takes an options object, got {opts!r}")
-        unknown = sorted(set(opts) - set(EVAL_OPTIONS))
-        if unknown:
-            raise EvalError(f"unknown option {unknown[0]!r}; known: {', '.join(EVAL_OPTIONS)}")
+        check_options(opts, EVAL_OPTIONS, "evaluate", EvalError)
         if "task" not in opts:
             raise EvalError("the option 'task' is required")
         return await evaluate_async(_engine, **{k: v for k, v in opts.items() if v is not None})
     except (EvalError, PolicyError) as e:
         return {"error": str(e), "kind": "input"}
-    except ImportError as e:
-        # the reference texts (pydoc_data) are missing from this page's Python
-        return {"error": f"the harness's texts are not available here: {e}", "kind": "internal"}
     except StoreError as e:
         _engine.store.reset()
         return {"error": str(e), "kind": "store"}
 
 
 async def evaluate_json(opts_json: str) -> str:
-    try:
-        opts = json.loads(opts_json)
-    except ValueError as e:
-        return json.dumps({"error": f"options are not valid JSON: {e}", "kind": "input"})
-    return json.dumps(await evaluate(opts))
+    return await _json_call(evaluate, opts_json)
