@@ -25,3 +25,20 @@ def engine(host):
     from kvlab.engine import Engine
 
     return Engine(host)
+
+
+@pytest.fixture(scope="session")
+def head_profile(bundle):
+    """The builder's head profile (built natively if not cached, ~40 s)."""
+    import json
+
+    from builder.profile import build_profile
+
+    return json.loads((build_profile(bundle) / "profile.json").read_text())
+
+
+@pytest.fixture(scope="session")
+def profiled_engine(engine, head_profile):
+    """The engine with the head profile that pyramidkv (entropy), compresskv and duo read."""
+    engine.profile = head_profile
+    return engine

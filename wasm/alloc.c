@@ -154,6 +154,19 @@ void kv_mfree(void *p) {
     if (b) release(b);
 }
 
+// Give back the tail of an allocation beyond its first n bytes: the block is split in
+// place and the rest freed (coalescing with a free block above). Nothing happens when the
+// tail is too small to be a block of its own, or p is not a live allocation.
+void kv_mshrink(void *p, size_t n) {
+    blk *b = header_of(p);
+    if (!b || n > 0x7fff0000u) return;
+    uint32_t need = (uint32_t)((n + ALIGN - 1) & ~(size_t)(ALIGN - 1)) + (uint32_t)sizeof(blk);
+    if (need < MIN_BLOCK) need = MIN_BLOCK;
+    if (need >= b->size || b->size - need < MIN_BLOCK) return;
+    split(b, need);
+    release(at(addr(b) + need));
+}
+
 // ---------------------------------------------------------------------------------------
 // The few libc functions the compiler may call (struct copies, loop idioms)
 // ---------------------------------------------------------------------------------------

@@ -1,18 +1,21 @@
-// KV Cache Lab: the cache (compressed store + staging) and the step protocol.
+// KV Cache Lab: the cache (compressed streams + staging) and the step protocol.
 //
-// Per layer and KV head the cache keeps K and V twice:
-//   - the compressed store, in the layer's formats (what the byte counts measure);
-//   - the staging copy, fp32, dequantized from the compressed store: the "materialized
-//     past" handed to the model. A token is dequantized once, when appended, so the model
+// Per layer and KV head the cache keeps K and V twice (layout in cache.h):
+//   - the compressed stream, in the layer's formats (what the byte counts measure);
+//   - the staging copy, fp32, dequantized from the compressed stream: the "materialized
+//     past" handed to the model. An entry is dequantized once, when appended, so the model
 //     sees exactly what the compressed cache holds and decode never re-dequantizes the past.
+// Eviction (evict.c) drops entries per KV head: their rows, staging slots, positions and
+// scores go, and the layer's buffers shrink to fit (kv_fit_layer), so the model's P_i
+// shrinks too.
 //
 // The engine runs the model on S new tokens per step:
 //   table = kv_step_begin(S)   reserves everything the commit needs (staging capacity,
-//                              compressed capacity, I/O buffers) or fails changing nothing;
+//                              stream capacity, I/O buffers) or fails changing nothing;
 //   host: model(past = staging, new tokens) -> writes new K/V, attn, entropy, logits into
 //         the I/O buffers named by the table;
-//   kv_step_commit(S)          quantizes the S new tokens of every layer into the store and
-//                              their dequantized values into staging; cannot fail.
+//   kv_step_commit(S)          quantizes the S new tokens of every layer into the streams
+//                              and their dequantized values into staging; cannot fail.
 //
 // Step table (int32 words, stays valid until the next kv_step_begin / reset / init):
 //   [0] n_layers  [1] S  [2] logits_ptr (vocab,) f32  [3] reserved (0)
@@ -24,33 +27,9 @@
 //     attn_ptr                 (q_heads, P_i + S) f32          written by the host
 //     entropy_ptr              (q_heads,) f32                  written by the host
 
-#include "kvstore.h"
+#include "cache.h"
 
-#define SLOT_ROUND 64       // capacities are multiples of this many tokens
-#define MASK_EMPTY (-1e9f)  // additive attention mask of an empty / evicted slot
-#define MAX_BYTES 0x7fff0000u
-#define TABLE_HEAD 4        // words before the per-layer entries
-#define TABLE_LAYER 8       // words per layer
-
-// ---------------------------------------------------------------------------------------
-// State
-// ---------------------------------------------------------------------------------------
-
-typedef struct {
-    // configuration
-    int32_t fmt[2];   // storage format of K [0] and V [1] (kv_format)
-    int32_t group;    // group size G along head_dim (quantized formats)
-    int32_t row[2];   // bytes of one (token, kv head) row of K / V
-    // compressed store, token-major: an append is one contiguous write, a growth one copy
-    uint8_t *data[2]; // K / V: (ccap, kv_heads, row) bytes
-    int32_t ccap;     // compressed capacity in tokens
-    int32_t tokens;   // live tokens
-    // staging, head-major like the model's past input
-    float *stage[2];  // K / V: (kv_heads, pcap, head_dim) f32, dequantized
-    float *mask;      // (kv_heads, pcap) f32: 0 live, -1e9 empty
-    int32_t pcap;     // staging capacity in slots (P_i)
-    int32_t used;     // slots written in append order (== tokens until eviction exists)
-} kv_layer;
+kv_state kv;
 
 // What kv_step_begin allocated for one layer before it commits to anything.
 typedef struct {
@@ -58,24 +37,18 @@ typedef struct {
     float *mask;
     int32_t pcap;
     uint8_t *data[2];
+    int32_t *pos;
+    float *score;
     int32_t ccap;
 } kv_grow;
 
-static struct {
-    int32_t ready;
-    int32_t n_layers, n_kv_heads, n_q_heads, head_dim, vocab;
-    kv_layer *layer;  // (n_layers,)
-    kv_grow *grow;    // (n_layers,) scratch of kv_step_begin
-    int32_t *table;   // (4 + 8 n_layers,) step table words
-    uint8_t *io;      // the I/O buffers of the open step, one allocation
-    size_t io_cap;    // bytes of io
-    int32_t open_S;   // S of the open step, 0 when none
-    int32_t appended; // tokens appended since reset: the next token's position
-} kv;
+static kv_grow *grow; // (n_layers,) scratch of kv_step_begin
 
 // ---------------------------------------------------------------------------------------
 // Helpers
 // ---------------------------------------------------------------------------------------
+
+static int32_t round_slots(int64_t n) { return (int32_t)((n + SLOT_ROUND - 1) / SLOT_ROUND * SLOT_ROUND); }
 
 // Capacity for `need` slots: unchanged if it fits, else grow by >= 25% (amortised
 // re-layout copies), rounded up to a multiple of 64. 0 if the size is absurd.
@@ -83,7 +56,7 @@ static int32_t grow_cap(int32_t cur, int64_t need) {
     if (need <= cur) return cur;
     int64_t c = (int64_t)cur + cur / 4;
     if (c < need) c = need;
-    c = (c + SLOT_ROUND - 1) / SLOT_ROUND * SLOT_ROUND;
+    c = round_slots(c);
     return c > (1 << 26) ? 0 : (int32_t)c;
 }
 
@@ -97,8 +70,15 @@ static void free_layer(kv_layer *L) {
         L->data[p] = 0;
     }
     kv_mfree(L->mask);
+    kv_mfree(L->pos);
+    kv_mfree(L->score);
     L->mask = 0;
-    L->ccap = L->tokens = L->pcap = L->used = 0;
+    L->pos = 0;
+    L->score = 0;
+    L->score_held = 0;
+    L->ccap = L->pcap = L->used = 0;
+    L->step_P = L->step_ok = 0;
+    for (int32_t h = 0; h < kv.n_kv_heads; h++) L->live[h] = L->prev[h] = 0;
 }
 
 static void free_grow(kv_grow *g) {
@@ -107,6 +87,8 @@ static void free_grow(kv_grow *g) {
         kv_mfree(g->data[p]);
     }
     kv_mfree(g->mask);
+    kv_mfree(g->pos);
+    kv_mfree(g->score);
     *g = (kv_grow){0};
 }
 
@@ -116,7 +98,26 @@ static void free_all(void) {
     kv.io = 0;
     kv.io_cap = 0;
     kv.open_S = 0;
+    kv.last_S = 0;
     kv.appended = 0;
+}
+
+// Move a head-major array (H, old, w) to (H, new, w) elements of `size` bytes, keeping the
+// first `keep` of each head and zeroing the rest. dst may be src (in place) when new <= old.
+static void relayout(void *dst, const void *src, int32_t H, int32_t old_cap, int32_t new_cap, int32_t keep,
+                     size_t width) {
+    uint8_t *d = dst;
+    const uint8_t *s = src;
+    for (int32_t h = 0; h < H; h++) { // ascending h: in place, each head moves down or stays
+        uint8_t *dh = d + (size_t)h * new_cap * width;
+        if (keep) __builtin_memmove(dh, s + (size_t)h * old_cap * width, (size_t)keep * width);
+        __builtin_memset(dh + (size_t)keep * width, 0, (size_t)(new_cap - keep) * width);
+    }
+}
+
+static void fill_mask(float *mask, int32_t pcap, const int32_t *live, int32_t H) {
+    for (int32_t h = 0; h < H; h++)
+        for (int32_t t = 0; t < pcap; t++) mask[(size_t)h * pcap + t] = t < live[h] ? 0.0f : MASK_EMPTY;
 }
 
 // ---------------------------------------------------------------------------------------
@@ -128,21 +129,25 @@ static void free_all(void) {
 KV_EXPORT(kv_init)
 int32_t kv_init(int32_t n_layers, int32_t n_kv_heads, int32_t n_q_heads, int32_t head_dim, int32_t vocab) {
     if (n_layers < 1 || n_layers > 4096 || n_kv_heads < 1 || n_kv_heads > 1024 || n_q_heads < 1 ||
-        n_q_heads > 4096 || head_dim < 1 || head_dim > 4096 || vocab < 1 || vocab > (1 << 24))
+        n_q_heads > 4096 || n_q_heads % n_kv_heads || head_dim < 1 || head_dim > 4096 || vocab < 1 ||
+        vocab > (1 << 24))
         return KV_EINVAL;
     kv_layer *layer = kv_malloc(sizeof(kv_layer) * (size_t)n_layers);
-    kv_grow *grow = kv_malloc(sizeof(kv_grow) * (size_t)n_layers);
+    kv_grow *g = kv_malloc(sizeof(kv_grow) * (size_t)n_layers);
     int32_t *table = kv_malloc(4u * (size_t)(TABLE_HEAD + TABLE_LAYER * n_layers));
-    if (!layer || !grow || !table || kv_sample_reserve(vocab) != KV_OK) {
+    int32_t *heads = kv_malloc(4u * 2u * (size_t)n_layers * (size_t)n_kv_heads); // live, prev
+    if (!layer || !g || !table || !heads || kv_sample_reserve(vocab) != KV_OK) {
         kv_mfree(layer);
-        kv_mfree(grow);
+        kv_mfree(g);
         kv_mfree(table);
+        kv_mfree(heads);
         return KV_ENOMEM;
     }
     if (kv.ready) {
         free_all();
+        kv_mfree(kv.layer[0].live);
         kv_mfree(kv.layer);
-        kv_mfree(kv.grow);
+        kv_mfree(grow);
         kv_mfree(kv.table);
     }
     kv.n_layers = n_layers;
@@ -151,22 +156,26 @@ int32_t kv_init(int32_t n_layers, int32_t n_kv_heads, int32_t n_q_heads, int32_t
     kv.head_dim = head_dim;
     kv.vocab = vocab;
     kv.layer = layer;
-    kv.grow = grow;
+    grow = g;
     kv.table = table;
+    __builtin_memset(heads, 0, 4u * 2u * (size_t)n_layers * (size_t)n_kv_heads);
     for (int32_t l = 0; l < n_layers; l++) {
-        layer[l] = (kv_layer){.fmt = {KV_F32, KV_F32}, .group = KV_GROUP_DEFAULT, .row = {4 * head_dim, 4 * head_dim}};
-        grow[l] = (kv_grow){0};
+        layer[l] = (kv_layer){.fmt = {KV_F32, KV_F32}, .group = KV_GROUP_DEFAULT, .row = {4 * head_dim, 4 * head_dim},
+                              .live = heads + (size_t)2 * l * n_kv_heads,
+                              .prev = heads + (size_t)(2 * l + 1) * n_kv_heads};
+        g[l] = (kv_grow){0};
     }
     kv.io = 0;
     kv.io_cap = 0;
     kv.open_S = 0;
+    kv.last_S = 0;
     kv.appended = 0;
     kv.ready = 1;
     return KV_OK;
 }
 
 // Choose the storage formats of a layer (-1: all layers). KV_ESTATE if a chosen layer
-// holds tokens (nothing changes then). Cancels an open step (its reservation may no
+// holds entries (nothing changes then). Cancels an open step (its reservation may no
 // longer fit): call kv_step_begin again.
 KV_EXPORT(kv_configure)
 int32_t kv_configure(int32_t layer, int32_t k_fmt, int32_t v_fmt, int32_t group) {
@@ -176,7 +185,7 @@ int32_t kv_configure(int32_t layer, int32_t k_fmt, int32_t v_fmt, int32_t group)
         return KV_EINVAL;
     int32_t lo = layer < 0 ? 0 : layer, hi = layer < 0 ? kv.n_layers : layer + 1;
     for (int32_t l = lo; l < hi; l++)
-        if (kv.layer[l].tokens > 0 || kv.layer[l].used > 0) return KV_ESTATE;
+        if (kv.layer[l].used > 0) return KV_ESTATE;
     int32_t fmts[2] = {k_fmt, v_fmt};
     for (int32_t l = lo; l < hi; l++) {
         kv_layer *L = &kv.layer[l];
@@ -185,10 +194,18 @@ int32_t kv_configure(int32_t layer, int32_t k_fmt, int32_t v_fmt, int32_t group)
             if (row != L->row[p]) { // the old reservation has the wrong row size
                 kv_mfree(L->data[p]);
                 L->data[p] = 0;
-                L->ccap = 0;
             }
             L->fmt[p] = fmts[p];
             L->row[p] = row;
+        }
+        if (!L->data[0] || !L->data[1]) { // streams are reserved in pairs
+            for (int p = 0; p < 2; p++) kv_mfree(L->data[p]), L->data[p] = 0;
+            // The position list stays: a layer emptied by eviction is not "entry e is
+            // position e" again (the next token is kv.appended, not 0). With ccap = 0 the
+            // next kv_step_begin re-lays it out keeping nothing. (After a reset it is 0.)
+            kv_mfree(L->score), L->score = 0;
+            L->score_held = 0;
+            L->ccap = 0;
         }
         L->group = group;
     }
@@ -196,7 +213,7 @@ int32_t kv_configure(int32_t layer, int32_t k_fmt, int32_t v_fmt, int32_t group)
     return KV_OK;
 }
 
-// Drop every token and return all token memory (staging, store, I/O) to the allocator.
+// Drop every entry and return all token memory (staging, streams, I/O) to the allocator.
 // The formats stay. The wasm memory itself cannot shrink: kv_heap_bytes() stays, and the
 // next fill reuses it.
 KV_EXPORT(kv_reset) int32_t kv_reset(void) {
@@ -225,10 +242,10 @@ KV_EXPORT(kv_step_begin) int32_t kv_step_begin(int32_t S) {
     io_floats += r4((uint64_t)kv.vocab);
     for (int32_t l = 0; l < kv.n_layers; l++) {
         kv_layer *L = &kv.layer[l];
-        kv_grow *g = &kv.grow[l];
+        kv_grow *g = &grow[l];
         *g = (kv_grow){0};
         g->pcap = grow_cap(L->pcap, (int64_t)L->used + S);
-        g->ccap = grow_cap(L->ccap, (int64_t)L->tokens + S);
+        g->ccap = grow_cap(L->ccap, (int64_t)L->used + S);
         if (!g->pcap || !g->ccap) {
             failed = 1;
             break;
@@ -239,8 +256,10 @@ KV_EXPORT(kv_step_begin) int32_t kv_step_begin(int32_t S) {
             if (!g->stage[0] || !g->stage[1] || !g->mask) failed = 1;
         }
         if (g->ccap != L->ccap || !L->data[0]) {
-            for (int p = 0; p < 2; p++) g->data[p] = alloc_bytes((uint64_t)g->ccap * H * L->row[p]);
+            for (int p = 0; p < 2; p++) g->data[p] = alloc_bytes((uint64_t)H * g->ccap * L->row[p]);
             if (!g->data[0] || !g->data[1]) failed = 1;
+            if (L->pos && !(g->pos = alloc_bytes(4ull * H * g->ccap))) failed = 1;
+            if (L->score && !(g->score = alloc_bytes(4ull * H * g->ccap))) failed = 1;
         }
         if (failed) break;
         io_floats += 2 * r4((uint64_t)(H * S * D)) + r4((uint64_t)(Q * (g->pcap + S))) + r4((uint64_t)Q);
@@ -248,42 +267,49 @@ KV_EXPORT(kv_step_begin) int32_t kv_step_begin(int32_t S) {
     uint8_t *io_new = 0;
     uint64_t io_bytes = 4 * io_floats;
     if (!failed && io_bytes > kv.io_cap && !(io_new = alloc_bytes(io_bytes))) failed = 1;
+    // a step that needs far less than the buffer holds (decode after a long prompt) gets a
+    // buffer of its own size, so the working memory follows what the model needs; if that
+    // allocation fails the big buffer simply stays
+    if (!failed && io_bytes * 4 < kv.io_cap) io_new = alloc_bytes(io_bytes);
     if (failed) {
-        for (int32_t l = 0; l < kv.n_layers; l++) free_grow(&kv.grow[l]);
+        for (int32_t l = 0; l < kv.n_layers; l++) free_grow(&grow[l]);
         return KV_ENOMEM;
     }
 
-    // ---- 2. apply: re-layout grown staging, move grown stores (cannot fail from here)
+    // ---- 2. apply: re-layout grown staging and streams (cannot fail from here)
     for (int32_t l = 0; l < kv.n_layers; l++) {
         kv_layer *L = &kv.layer[l];
-        kv_grow *g = &kv.grow[l];
+        kv_grow *g = &grow[l];
         if (g->mask) {
             for (int p = 0; p < 2; p++) {
-                for (int64_t h = 0; h < H; h++) { // (H, pcap, D) -> (H, new pcap, D)
-                    float *dst = g->stage[p] + h * g->pcap * D;
-                    if (L->used) __builtin_memmove(dst, L->stage[p] + h * L->pcap * D, 4ull * L->used * D);
-                    __builtin_memset(dst + L->used * D, 0, 4ull * (g->pcap - L->used) * D);
-                }
+                relayout(g->stage[p], L->stage[p], (int32_t)H, L->pcap, g->pcap, L->used, 4ull * D);
                 kv_mfree(L->stage[p]);
                 L->stage[p] = g->stage[p];
-            }
-            for (int64_t h = 0; h < H; h++) { // (H, pcap) -> (H, new pcap)
-                float *dst = g->mask + h * g->pcap;
-                if (L->used) __builtin_memmove(dst, L->mask + h * L->pcap, 4ull * L->used);
-                for (int32_t t = L->used; t < g->pcap; t++) dst[t] = MASK_EMPTY;
             }
             kv_mfree(L->mask);
             L->mask = g->mask;
             L->pcap = g->pcap;
+            fill_mask(L->mask, L->pcap, L->live, (int32_t)H);
         }
         if (g->data[0]) {
             for (int p = 0; p < 2; p++) {
-                if (L->tokens) __builtin_memmove(g->data[p], L->data[p], (size_t)L->tokens * H * L->row[p]);
+                relayout(g->data[p], L->data[p], (int32_t)H, L->ccap, g->ccap, L->used, (size_t)L->row[p]);
                 kv_mfree(L->data[p]);
                 L->data[p] = g->data[p];
             }
+            if (g->pos) {
+                relayout(g->pos, L->pos, (int32_t)H, L->ccap, g->ccap, L->used, 4);
+                kv_mfree(L->pos);
+                L->pos = g->pos;
+            }
+            if (g->score) {
+                relayout(g->score, L->score, (int32_t)H, L->ccap, g->ccap, L->used, 4);
+                kv_mfree(L->score);
+                L->score = g->score;
+            }
             L->ccap = g->ccap;
         }
+        L->step_ok = 0; // a new step: the last one's attention no longer maps onto entries
         *g = (kv_grow){0};
     }
     if (io_new) {
@@ -317,37 +343,83 @@ KV_EXPORT(kv_step_begin) int32_t kv_step_begin(int32_t S) {
         off += 4 * r4((uint64_t)Q);
     }
     kv.open_S = S;
+    kv.last_S = 0;
     return (int32_t)(uintptr_t)t;
 }
 
-// Append the open step's S new tokens of every layer: quantize each (token, head) row of
-// new_k / new_v into the store, and write its dequantized value into the staging slot.
+// Append the open step's S new tokens to every head of every layer: quantize each (token,
+// head) row of new_k / new_v into the head's stream, and write its dequantized value into
+// the staging slot after the head's live entries.
 KV_EXPORT(kv_step_commit) int32_t kv_step_commit(int32_t S) {
     if (!kv.ready || kv.open_S == 0) return KV_ESTATE;
     if (S != kv.open_S) return KV_EINVAL;
     const int32_t H = kv.n_kv_heads, D = kv.head_dim;
     for (int32_t l = 0; l < kv.n_layers; l++) {
         kv_layer *L = &kv.layer[l];
-        const int32_t *e = kv.table + TABLE_HEAD + TABLE_LAYER * l;
+        const int32_t *e = kv_table_layer(l);
         const float *src[2] = {(const float *)(uintptr_t)e[4], (const float *)(uintptr_t)e[5]}; // (H, S, D)
-        for (int p = 0; p < 2; p++) {
-            for (int32_t h = 0; h < H; h++) {
+        for (int32_t h = 0; h < H; h++) {
+            const int32_t n = L->live[h];
+            for (int p = 0; p < 2; p++) {
                 for (int32_t s = 0; s < S; s++) {
-                    uint8_t *row = L->data[p] + ((size_t)(L->tokens + s) * H + h) * (size_t)L->row[p];
-                    float *slot = L->stage[p] + ((size_t)h * L->pcap + L->used + s) * D;
+                    uint8_t *row = L->data[p] + ((size_t)h * L->ccap + n + s) * (size_t)L->row[p];
+                    float *slot = L->stage[p] + ((size_t)h * L->pcap + n + s) * D;
                     kv_quantize_row(L->fmt[p], L->group, src[p] + ((size_t)h * S + s) * D, D, row);
                     kv_dequantize_row(L->fmt[p], L->group, row, D, slot);
                 }
             }
+            for (int32_t s = 0; s < S; s++) {
+                L->mask[(size_t)h * L->pcap + n + s] = 0.0f;
+                if (L->pos) L->pos[(size_t)h * L->ccap + n + s] = kv.appended + s;
+                if (L->score) L->score[(size_t)h * L->ccap + n + s] = 0.0f;
+            }
+            L->prev[h] = n;
+            L->live[h] = n + S;
         }
-        for (int32_t h = 0; h < H; h++)
-            for (int32_t s = 0; s < S; s++) L->mask[(size_t)h * L->pcap + L->used + s] = 0.0f;
-        L->tokens += S;
         L->used += S;
+        L->step_P = L->pcap;
+        L->step_ok = 1;
     }
     kv.appended += S;
+    kv.last_S = S;
     kv.open_S = 0;
     return KV_OK;
+}
+
+// ---------------------------------------------------------------------------------------
+// Fitting a layer to its entries (after an eviction)
+// ---------------------------------------------------------------------------------------
+
+// Shrink staging and streams to round64(used + 1) slots: the model's P_i follows the live
+// entries down, and a decode step of one token after a rolling eviction needs no growth
+// (used + 1 fits). Buffers are re-laid in place and their tails given back to the heap.
+void kv_fit_layer(kv_layer *L) {
+    const int32_t H = kv.n_kv_heads, D = kv.head_dim;
+    int32_t cap = round_slots((int64_t)L->used + 1);
+    if (cap < L->pcap) {
+        for (int p = 0; p < 2; p++) {
+            relayout(L->stage[p], L->stage[p], H, L->pcap, cap, L->used, 4ull * D);
+            kv_mshrink(L->stage[p], 4ull * H * cap * D);
+        }
+        L->pcap = cap;
+        fill_mask(L->mask, cap, L->live, H);
+        kv_mshrink(L->mask, 4ull * H * cap);
+    }
+    if (cap < L->ccap) {
+        for (int p = 0; p < 2; p++) {
+            relayout(L->data[p], L->data[p], H, L->ccap, cap, L->used, (size_t)L->row[p]);
+            kv_mshrink(L->data[p], (size_t)H * cap * L->row[p]);
+        }
+        if (L->pos) {
+            relayout(L->pos, L->pos, H, L->ccap, cap, L->used, 4);
+            kv_mshrink(L->pos, 4ull * H * cap);
+        }
+        if (L->score) {
+            relayout(L->score, L->score, H, L->ccap, cap, L->used, 4);
+            kv_mshrink(L->score, 4ull * H * cap);
+        }
+        L->ccap = cap;
+    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -357,40 +429,48 @@ KV_EXPORT(kv_step_commit) int32_t kv_step_commit(int32_t S) {
 // Drop every token appended after the first n (all layers): the cache is as it was when it
 // held n tokens, and the next token's position is n. Lets a tool read a long prefix once
 // and then try several continuations of it (the profiler's layer-sensitivity pass).
-// KV_EINVAL if n is not in [0, appended]; KV_ESTATE if a layer's slots are no longer in
-// append order (an eviction ran). Cancels an open step. Memory stays reserved.
+// KV_EINVAL if n is not in [0, appended]; KV_ESTATE once any layer has evicted (entries are
+// no longer the appended tokens in order). Cancels an open step. Memory stays reserved.
 KV_EXPORT(kv_truncate) int32_t kv_truncate(int32_t n) {
     if (!kv.ready) return KV_ESTATE;
     if (n < 0 || n > kv.appended) return KV_EINVAL;
-    for (int32_t l = 0; l < kv.n_layers; l++)
-        if (kv.layer[l].tokens != kv.appended || kv.layer[l].used != kv.appended) return KV_ESTATE;
     const int32_t H = kv.n_kv_heads, D = kv.head_dim;
+    for (int32_t l = 0; l < kv.n_layers; l++) {
+        const kv_layer *L = &kv.layer[l];
+        if (L->pos || L->used != kv.appended) return KV_ESTATE;
+        for (int32_t h = 0; h < H; h++)
+            if (L->live[h] != kv.appended) return KV_ESTATE;
+    }
     for (int32_t l = 0; l < kv.n_layers; l++) {
         kv_layer *L = &kv.layer[l];
         for (int32_t h = 0; h < H; h++) { // empty slots are masked and zero, as after a growth
             for (int p = 0; p < 2; p++)
                 __builtin_memset(L->stage[p] + ((size_t)h * L->pcap + n) * D, 0, 4ull * (L->used - n) * D);
             for (int32_t t = n; t < L->used; t++) L->mask[(size_t)h * L->pcap + t] = MASK_EMPTY;
+            L->live[h] = n;
         }
-        L->tokens = L->used = n;
+        L->used = n;
+        L->step_ok = 0;
     }
     kv.appended = n;
     kv.open_S = 0;
+    kv.last_S = 0;
     return KV_OK;
 }
 
-// Hide the live slots [lo, hi) of a layer from attention (hidden = 1: mask -1e9 for every
-// KV head) or show them again (hidden = 0). The model then attends as if those tokens were
-// evicted, but nothing is freed and the byte counts do not change: a measuring tool, not a
-// technique. Slots appended later are visible. KV_EINVAL for a bad layer or range.
+// Hide the slots [lo, hi) of a layer from attention (hidden = 1: mask -1e9 for every KV
+// head) or show them again (hidden = 0; only a head's live slots). The model then attends
+// as if those tokens were evicted, but nothing is freed and the byte counts do not change: a
+// measuring tool, not a technique. Slots appended later are visible. KV_EINVAL for a bad
+// layer or range.
 KV_EXPORT(kv_hide) int32_t kv_hide(int32_t layer, int32_t lo, int32_t hi, int32_t hidden) {
     if (!kv.ready) return KV_ESTATE;
     if (layer < 0 || layer >= kv.n_layers || lo < 0 || hi < lo) return KV_EINVAL;
     kv_layer *L = &kv.layer[layer];
     if (hi > L->used) return KV_EINVAL;
-    const float v = hidden ? MASK_EMPTY : 0.0f;
     for (int32_t h = 0; h < kv.n_kv_heads; h++)
-        for (int32_t t = lo; t < hi; t++) L->mask[(size_t)h * L->pcap + t] = v;
+        for (int32_t t = lo; t < hi; t++)
+            L->mask[(size_t)h * L->pcap + t] = hidden || t >= L->live[h] ? MASK_EMPTY : 0.0f;
     return KV_OK;
 }
 
@@ -398,23 +478,58 @@ KV_EXPORT(kv_hide) int32_t kv_hide(int32_t layer, int32_t lo, int32_t hi, int32_
 // Accounting and inspection
 // ---------------------------------------------------------------------------------------
 
-// Exact bytes held for `part` (0 = K payload + scales, 1 = V, 2 = indices/metadata: none
-// yet) of a layer (-1: all layers). Capacity slack is not counted (see kv_heap_bytes).
+static int32_t layer_range(int32_t layer, int32_t *lo, int32_t *hi) {
+    if (layer < -1 || layer >= kv.n_layers) return 0;
+    *lo = layer < 0 ? 0 : layer;
+    *hi = layer < 0 ? kv.n_layers : layer + 1;
+    return 1;
+}
+
+// Exact bytes held for `part` of a layer (-1: all layers): 0 = K rows (payload + scales),
+// 1 = V rows, 2 = the index: 4 bytes per live entry for its original position once the layer
+// has evicted, plus 4 per live entry for its score while scores accumulate across steps
+// (H2O). Capacity slack is not counted (see kv_heap_bytes).
 KV_EXPORT(kv_bytes) int32_t kv_bytes(int32_t layer, int32_t part) {
     if (!kv.ready) return KV_ESTATE;
-    if (layer < -1 || layer >= kv.n_layers || part < 0 || part > 2) return KV_EINVAL;
-    int32_t lo = layer < 0 ? 0 : layer, hi = layer < 0 ? kv.n_layers : layer + 1;
+    int32_t lo, hi;
+    if (!layer_range(layer, &lo, &hi) || part < 0 || part > 2) return KV_EINVAL;
     uint64_t total = 0;
-    for (int32_t l = lo; l < hi; l++)
-        if (part < 2) total += (uint64_t)kv.layer[l].tokens * kv.n_kv_heads * kv.layer[l].row[part];
+    for (int32_t l = lo; l < hi; l++) {
+        const kv_layer *L = &kv.layer[l];
+        uint64_t entries = 0;
+        for (int32_t h = 0; h < kv.n_kv_heads; h++) entries += (uint64_t)L->live[h];
+        if (part < 2) total += entries * (uint64_t)L->row[part];
+        else total += entries * (4u * (L->pos != 0) + 4u * (L->score != 0 && L->score_held));
+    }
     return (int32_t)total;
 }
 
-// Live tokens of a layer; layer -1: tokens appended since reset (the next position).
+// Live tokens of a layer: the most any of its heads holds (= the staging slots in use);
+// layer -1: tokens appended since reset (the next position).
 KV_EXPORT(kv_tokens) int32_t kv_tokens(int32_t layer) {
     if (!kv.ready) return KV_ESTATE;
     if (layer < -1 || layer >= kv.n_layers) return KV_EINVAL;
-    return layer < 0 ? kv.appended : kv.layer[layer].tokens;
+    return layer < 0 ? kv.appended : kv.layer[layer].used;
+}
+
+// Everything the meter shows per layer, in one call: (n_layers, 3 + kv_heads) i32 at dst =
+// K bytes, V bytes, index bytes (as kv_bytes), then each KV head's live entries. Returns
+// the words written.
+KV_EXPORT(kv_meter) int32_t kv_meter(int32_t dst) {
+    if (!kv.ready) return KV_ESTATE;
+    int32_t *out = (int32_t *)(uintptr_t)(uint32_t)dst, w = 0;
+    for (int32_t l = 0; l < kv.n_layers; l++) {
+        for (int32_t part = 0; part < 3; part++) out[w++] = kv_bytes(l, part);
+        for (int32_t h = 0; h < kv.n_kv_heads; h++) out[w++] = kv.layer[l].live[h];
+    }
+    return w;
+}
+
+// Live entries of one KV head of a layer.
+KV_EXPORT(kv_live) int32_t kv_live(int32_t layer, int32_t head) {
+    if (!kv.ready) return KV_ESTATE;
+    if (layer < 0 || layer >= kv.n_layers || head < 0 || head >= kv.n_kv_heads) return KV_EINVAL;
+    return kv.layer[layer].live[head];
 }
 
 // Staging capacity (P_i) of a layer.
@@ -437,14 +552,27 @@ KV_EXPORT(kv_staging_bytes) int32_t kv_staging_bytes(void) {
 KV_EXPORT(kv_io_bytes) int32_t kv_io_bytes(void) { return kv.ready ? (int32_t)kv.io_cap : KV_ESTATE; }
 
 // A layer's buffers, for tests and tools: 0 staging K, 1 staging V, 2 mask (as in the
-// table), 3 compressed K, 4 compressed V ((ccap, kv_heads, row) bytes). 0 when not
-// allocated. Valid until the next kv_step_begin / kv_reset / kv_init.
+// table), 3 compressed K, 4 compressed V ((kv_heads, ccap, row) bytes; see kv_rows for one
+// head's live rows). 0 when not allocated. Valid until the next kv_step_begin / kv_reset /
+// kv_init / eviction.
 KV_EXPORT(kv_layer_ptr) int32_t kv_layer_ptr(int32_t layer, int32_t which) {
     if (!kv.ready) return KV_ESTATE;
     if (layer < 0 || layer >= kv.n_layers || which < 0 || which > 4) return KV_EINVAL;
     kv_layer *L = &kv.layer[layer];
     void *p[5] = {L->stage[0], L->stage[1], L->mask, L->data[0], L->data[1]};
     return (int32_t)(uintptr_t)p[which];
+}
+
+// Copy one head's live compressed rows (part 0 K, 1 V) to dst: live * row bytes, in entry
+// order. Returns the bytes written.
+KV_EXPORT(kv_rows) int32_t kv_rows(int32_t layer, int32_t head, int32_t part, int32_t dst) {
+    if (!kv.ready) return KV_ESTATE;
+    if (layer < 0 || layer >= kv.n_layers || head < 0 || head >= kv.n_kv_heads || part < 0 || part > 1)
+        return KV_EINVAL;
+    const kv_layer *L = &kv.layer[layer];
+    size_t n = (size_t)L->live[head] * L->row[part];
+    if (n) __builtin_memmove((void *)(uintptr_t)(uint32_t)dst, L->data[part] + (size_t)head * L->ccap * L->row[part], n);
+    return (int32_t)n;
 }
 
 // The ABI version (KV_VERSION).

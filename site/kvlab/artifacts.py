@@ -29,6 +29,14 @@ def default_dir() -> Path:
     return cache / "active"
 
 
+def default_profile() -> Path | None:
+    """The builder's head profile (``cache/profile-<key>/profile.json``; the builder keeps the
+    newest only), or None when none was built."""
+    cache = Path(os.environ.get("KVLAB_CACHE", Path.home() / ".cache" / "kvlab"))
+    found = sorted(cache.glob("profile-*/profile.json"), key=lambda p: p.stat().st_mtime)
+    return found[-1] if found else None
+
+
 def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:

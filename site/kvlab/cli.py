@@ -3,12 +3,18 @@
   python -m kvlab tokenize TEXT                      → JSON list of token ids
   python -m kvlab generate --prompt TEXT [--chat] [--max-new-tokens N] [--policy JSON]
                            [--temperature T] [--top-k K] [--top-p P] [--seed S] [--json]
+  python -m kvlab cachemap --prompt TEXT [--chat] [--max-new-tokens N] [--policy JSON] [--json]
+                                                     → per layer and KV head, the positions kept
   python -m kvlab techniques                         → the registry, as JSON
   python -m kvlab eval --policy JSON --task TASK [--context N] [--seed S] [--n N]
-                       [--positions N] [--json]      → quality vs the full cache (kvlab.evaluate)
+                       [--positions N] [--question before|after] [--json]
+                                                     → quality vs the full cache (kvlab.evaluate)
   python -m kvlab profile [--json] [--out FILE] [--texts FILE] [--context N] [--queries N]
                           [--positions N] [--quant-positions N]   → the head profile (kvlab.profile)
   python -m kvlab observe --profile FILE [--json]   → the four observations (kvlab.observe)
+
+Techniques that read the head profile (pyramidkv's entropy shape, compresskv, duo) take it
+from ``--head-profile FILE``, else from the builder's (``python -m builder profile``).
 
 Exit codes: 0 done; 2 bad input (usage, prompt, policy); 1 the artifacts or the run failed.
 """
@@ -38,6 +44,7 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--artifacts", help="built artifacts folder (default: $KVLAB_ARTIFACTS or the builder's active build)")
     ap.add_argument("--scalar", action="store_true", help="use kvstore-scalar.wasm (no SIMD)")
     ap.add_argument("--threads", type=int, default=0, help="onnxruntime intra-op threads (0 = its default)")
+    ap.add_argument("--head-profile", help="profile.json for the techniques that read one (default: the builder's)")
     sub = ap.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     t = sub.add_parser("tokenize", help="print the token ids of TEXT as JSON")
@@ -56,6 +63,14 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--ignore-eos", action="store_true", help="always make --max-new-tokens tokens")
     g.add_argument("--json", action="store_true", help="print one JSON object (else: the text, then a summary)")
 
+    c = sub.add_parser("cachemap", help="read a prompt under a policy; print which positions each KV head keeps")
+    c.add_argument("--prompt", required=True)
+    c.add_argument("--chat", action="store_true", help="wrap the prompt in the chat template")
+    c.add_argument("--policy", default="{}", help="JSON policy")
+    c.add_argument("--max-new-tokens", type=int, default=1,
+                   help="tokens to generate first (default 1: the map right after the prompt)")
+    c.add_argument("--json", action="store_true", help="print one JSON object (else one line per layer)")
+
     sub.add_parser("techniques", help="print the registered techniques and their parameters as JSON")
 
     e = sub.add_parser("eval", help="measure a policy's quality against the full cache (kvlab.evaluate)")
@@ -65,6 +80,8 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--seed", type=int, default=0, help="picks the text and generates the facts")
     e.add_argument("--n", type=int, default=10, help="questions per retrieval task (default 10)")
     e.add_argument("--positions", type=int, default=256, help="ppl: continuation tokens scored (default 256)")
+    e.add_argument("--question", default="before", choices=("before", "after"),
+                   help="retrieval: read the question before the cache is compressed (default) or after")
     e.add_argument("--reuse-full", action="store_true",
                    help="for the full-cache policy, compare the reference pass with itself (half the time)")
     e.add_argument("--json", action="store_true", help="print one JSON object (else a short summary)")
@@ -120,7 +137,18 @@ def main(argv: list[str] | None = None) -> int:
 
         from .host.native import NativeHost
         host = NativeHost(args.artifacts or default_dir(), simd=not args.scalar, threads=args.threads)
-        engine = Engine(host)
+        engine = Engine(host, profile=_head_profile(args))
+        if args.command == "cachemap":
+            res = engine.generate(Request(prompt=args.prompt, chat=args.chat, max_new_tokens=args.max_new_tokens,
+                                          policy=args.policy))
+            out = {k: res[k] for k in ("prompt_ids", "ids", "policy", "eviction", "cache_bytes", "index_bytes",
+                                       "savings")} | engine.cache_map()
+            if args.json:
+                print(json.dumps(out))
+            else:
+                for i, row in enumerate(out["layers"]):
+                    print(f"layer {i:2d} kept {out['kept'][i]}  {row}")
+            return 0
         req = Request(
             prompt=args.prompt, chat=args.chat, max_new_tokens=args.max_new_tokens,
             policy=args.policy, temperature=args.temperature, top_k=args.top_k,
@@ -146,6 +174,19 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(str(e), 1)
 
 
+def _head_profile(args) -> dict | None:
+    """The head profile techniques read: --head-profile, else the builder's, else None."""
+    from .artifacts import ArtifactError, default_profile
+
+    path = args.head_profile or default_profile()
+    if path is None:
+        return None
+    try:
+        return json.loads(open(path, encoding="utf-8").read())
+    except (OSError, ValueError) as e:
+        raise ArtifactError(f"cannot read the head profile {path}: {e}") from None
+
+
 def _eval(args) -> int:
     from .artifacts import default_dir
     from .engine import Engine
@@ -157,11 +198,12 @@ def _eval(args) -> int:
         return _fail(f"unknown task {args.task!r}: choose one of {', '.join(TASKS)}", 2)
     parse_policy(args.policy)
     from .host.native import NativeHost
-    engine = Engine(NativeHost(args.artifacts or default_dir(), simd=not args.scalar, threads=args.threads))
+    engine = Engine(NativeHost(args.artifacts or default_dir(), simd=not args.scalar, threads=args.threads),
+                    profile=_head_profile(args))
     try:
         res = evaluate(engine, args.task, args.policy, context=args.context, seed=args.seed, n=args.n,
-                       positions=args.positions, reuse_full=args.reuse_full)
-    except EvalError as e:
+                       positions=args.positions, reuse_full=args.reuse_full, question=args.question)
+    except (EvalError, PolicyError) as e:
         return _fail(str(e), 2)
     if args.json:
         print(json.dumps(res))

@@ -7,8 +7,11 @@ Per model run of S new tokens (a prefill chunk, or one decode step):
     host.run(ids, pos, t) → the model reads the past and writes new K/V, attention
                              statistics and the last position's logits into the store
     store.step_commit(S)  → the store compresses and keeps the new K/V
-    policy.after_step     → techniques that evict or re-compress act
+    policy.after_step     → techniques that evict or re-compress act (kvlab.policy.Applied)
     store.sample(logits)  → the next token (argmax or seeded sampling, in wasm)
+
+How a feed of tokens is cut into runs is the policy's plan (``Applied.plan``): chunks of
+PREFILL_CHUNK, and a prompt's last tokens alone when a technique asks (SnapKV's window).
 
 Nothing here loops over tokens, channels or the vocabulary: that is the store's work.
 
@@ -25,11 +28,8 @@ from typing import Callable
 
 from . import policy as policies
 from .chat import render_chat
+from .policy import PREFILL_CHUNK, Applied, Context, Step  # noqa: F401  (PREFILL_CHUNK: re-exported)
 from .tokenizer import Tokenizer
-
-#: prompt tokens per model run while reading the prompt: bounds the (S, P+S) attention
-#: buffers the graph allocates, at a small cost in speed
-PREFILL_CHUNK = 512
 
 
 class InputError(ValueError):
@@ -49,13 +49,16 @@ class Request:
     top_p: float = 1.0
     seed: int = 0
     ignore_eos: bool = False  # run exactly max_new_tokens (for comparisons)
+    cache_map: bool = False  # token events carry the cache map (``Engine.cache_map``)
 
 
 class Engine:
     """Generates text on a host. One engine holds one KV store; requests run one at a time."""
 
-    def __init__(self, host) -> None:
+    def __init__(self, host, profile: dict | None = None) -> None:
         self.host = host
+        #: the head profile (``kvlab.profile``'s object) for techniques that read it
+        self.profile = profile
         self.store = host.store
         self.config = host.config
         self.tokenizer = Tokenizer.from_json(host.tokenizer_json)
@@ -76,7 +79,13 @@ class Engine:
         text = render_chat([{"role": "user", "content": req.prompt}]) if req.chat else req.prompt
         return self.tokenizer.encode(text)
 
-    def check(self, req: Request) -> tuple[list[int], dict]:
+    def apply(self, policy) -> Applied:
+        """A policy (dict or JSON text, validated here) applied to this model and profile;
+        raises PolicyError before anything is touched."""
+        pol = policy if isinstance(policy, Applied) else policies.parse_policy(policy)
+        return pol if isinstance(pol, Applied) else Applied(pol, Context(self.config, self.profile))
+
+    def check(self, req: Request) -> tuple[list[int], Applied]:
         """Validate everything before touching the store, so bad input loses nothing."""
         ctx = self.config["context"]
         n = req.max_new_tokens
@@ -90,7 +99,7 @@ class Engine:
             raise InputError(f"top_k must be a whole number ≥ 0 (0 = off), got {req.top_k!r}")
         if isinstance(req.seed, bool) or not isinstance(req.seed, int) or not 0 <= req.seed < 2**32:
             raise InputError(f"seed must be a whole number from 0 to 2^32-1, got {req.seed!r}")
-        pol = policies.parse_policy(req.policy)
+        pol = self.apply(req.policy)
         ids = self.prompt_ids(req)
         # the last generated token is sampled, never fed back: the model sees prompt + n - 1
         if len(ids) + n - 1 > ctx:
@@ -115,10 +124,11 @@ class Engine:
         """
         return self.drive(self.steps(req, on_token, should_stop))
 
-    def feed(self, ids: list[int], start: int, policy: dict) -> int:
-        """Read ``ids`` (at positions start..) into the cache under a parsed policy, on a
-        synchronous host; returns the pointer to the last position's logits in the store."""
-        return self.drive(self.runs(ids, start, policy))
+    def feed(self, ids: list[int], start: int, policy, phase: str = "prompt") -> int:
+        """Read ``ids`` (at positions start..) into the cache under a policy (as configured
+        already: a dict, its JSON or an ``Applied``), on a synchronous host; returns the
+        pointer to the last position's logits in the store."""
+        return self.drive(self.runs(ids, start, self.apply(policy), phase))
 
     def drive(self, loop):
         """Perform the model runs a loop generator yields (synchronous host); return what
@@ -158,11 +168,11 @@ class Engine:
         ids, pol = self.check(req)
         host, store, now = self.host, self.store, self.host.now_ms
         store.reset()
-        policies.configure(store, pol, self.config)
+        pol.configure(store)
         store.seed(req.seed)
 
         t0 = now()
-        logits = yield from self.runs(ids, 0, pol)  # read the prompt
+        logits = yield from self.runs(ids, 0, pol, "prompt")  # read the prompt
         pos = len(ids)
         prefill_ms = now() - t0
 
@@ -185,7 +195,10 @@ class Engine:
             cache_bytes = store.bytes()
             bytes_per_step.append(cache_bytes)
             if on_token is not None:
-                on_token(self._token_event(len(out) - 1, tok, piece, cache_bytes, step_ms[-1]))
+                ev = self._token_event(len(out) - 1, tok, piece, cache_bytes, step_ms[-1])
+                if req.cache_map:
+                    ev["cache_map"] = self.cache_map(positions=False)
+                on_token(ev)
             if is_stop:
                 stop_reason = "eos"
                 break
@@ -194,23 +207,20 @@ class Engine:
             if should_stop is not None and should_stop():
                 stop_reason = "stopped"
                 break
-            logits = yield from self.runs([tok], pos, pol)
+            logits = yield from self.runs([tok], pos, pol, "decode")
             pos += 1
         text_parts.append(decoder.flush())
 
         decode_ms = step_ms[1:]  # step 0 is the prompt's
-        tokens = store.tokens(-1)
         return {
             "prompt_ids": ids,
             "ids": out,
             "text": "".join(text_parts),
             "stop_reason": stop_reason,
-            "policy": pol,
-            "tokens_cached": tokens,
-            "cache_bytes": store.bytes(),
-            "fp32_bytes": tokens * self.values_per_token * 4,
-            "fp16_bytes": tokens * self.values_per_token * 2,
-            "layer_bytes": self.layer_bytes(),
+            "policy": pol.policy,
+            **self.meter(),
+            **self.savings(),
+            "eviction": pol.eviction(),
             "bytes_per_step": bytes_per_step,
             "prefill_ms": round(prefill_ms, 3),
             "ttft_ms": round(step_ms[0], 3),
@@ -219,40 +229,88 @@ class Engine:
             "store": host.variant,
         }
 
-    def runs(self, ids: list[int], start: int, pol: dict):
-        """Feed tokens at positions start.. through the model, chunked: a generator that
-        yields each model run (use with ``yield from``); returns the logits pointer."""
-        table = None
-        for i in range(0, len(ids), PREFILL_CHUNK):
-            table = yield from self.step(ids[i:i + PREFILL_CHUNK], start + i, pol)
+    def runs(self, ids: list[int], start: int, pol: Applied, phase: str = "prompt", on_run=None):
+        """Feed tokens at positions start.. through the model in the runs the policy plans:
+        a generator that yields each model run (use with ``yield from``); returns the
+        logits pointer. phase "prompt": the feed is a prompt (its last run ends it, and
+        one-shot techniques compress then); "decode": anything after it. ``on_run(table)``
+        is called after each run (progress bars)."""
+        table, i = None, 0
+        for n in pol.plan(len(ids), phase):
+            table = yield from self.step(ids[i:i + n], start + i, pol, phase, last=i + n == len(ids))
+            i += n
+            if on_run is not None:
+                on_run(table)
         return table.logits
 
-    def step(self, ids: list[int], start: int, pol: dict):
+    def step(self, ids: list[int], start: int, pol: Applied, phase: str = "prompt", last: bool = True):
         """One model run of ``ids`` at positions start.. (no chunking): a generator that
         yields the run; returns its step table, whose outputs (logits, attn, entropy) stay
         readable until the next run."""
         table = self.store.step_begin(len(ids))
         yield ids, list(range(start, start + len(ids))), table
         self.store.step_commit(len(ids))
-        policies.after_step(self.store, pol, self.config)
+        pol.after_step(self.store, Step(start, len(ids), phase, last))
         return table
 
     # ---- what the meter shows ------------------------------------------------------------
 
     def layer_bytes(self) -> list[list[int]]:
-        """Bytes held per layer, [K, V] each (index/metadata bytes are counted in K's share
-        only when a technique keeps them per key)."""
+        """Bytes held per layer, [K, V] each (the index is apart: ``layer_index_bytes``)."""
         return [[self.store.bytes(i, 0), self.store.bytes(i, 1)] for i in range(self.n_layers)]
 
-    def _token_event(self, index: int, tok: int, piece: str, cache_bytes: int, ms: float) -> dict:
-        tokens = self.store.tokens(-1)
+    def meter(self) -> dict:
+        """What the store holds now, as the meter shows it: the cache (rows and their index)
+        apart from the working memory beside it (the fp32 staging the model reads, step I/O)."""
+        store, tokens = self.store, self.store.tokens(-1)
+        rows = store.meter()  # per layer: K, V, index bytes, live entries per KV head
         return {
-            "index": index, "id": tok, "text": piece, "tokens_cached": tokens,
-            "cache_bytes": cache_bytes,
+            "tokens_cached": tokens,
+            "cache_bytes": sum(r[0] + r[1] + r[2] for r in rows),
+            "index_bytes": sum(r[2] for r in rows),
             "fp32_bytes": tokens * self.values_per_token * 4,
             "fp16_bytes": tokens * self.values_per_token * 2,
-            "layer_bytes": self.layer_bytes(), "ms": round(ms, 3),
+            "layer_bytes": [[r[0], r[1]] for r in rows],
+            "layer_index_bytes": [r[2] for r in rows],
+            "kept": [list(r[3:]) for r in rows],
+            "working_bytes": store.working_bytes(),
         }
+
+    def savings(self) -> dict:
+        """The saving vs fp32, each factor measured on the store: eviction (entries appended
+        over entries kept) × quantization (fp32 bytes of the kept entries over the bytes
+        their rows hold), and the total (fp32 bytes of every appended token over all the
+        bytes held, index included): eviction × quantization = total but for the index."""
+        store, c = self.store, self.config
+        appended = store.tokens(-1) * c["n_layers"] * c["n_kv_heads"]
+        per_layer = store.meter()
+        kept = sum(sum(r[3:]) for r in per_layer)
+        rows = sum(r[0] + r[1] for r in per_layer)
+        held = rows + sum(r[2] for r in per_layer)
+        row_fp32 = 2 * 4 * c["head_dim"]  # K + V of one entry in fp32
+        return {"savings": {
+            "eviction": round(appended / kept, 4) if kept else None,
+            "quantization": round(kept * row_fp32 / rows, 4) if rows else None,
+            "total": round(appended * row_fp32 / held, 4) if held else None,
+        }}
+
+    def cache_map(self, positions: bool = True) -> dict:
+        """Which entries the cache keeps, per layer and KV head (``python -m kvlab cachemap``).
+
+        ``tokens``: positions appended (0..tokens-1); ``layers``: per layer one character
+        per position, the bit mask of the KV heads that keep it ('0' none .. '7' all three;
+        wasm ``kv_keep_map``); ``kept``: live entries per layer and head; ``positions`` (when
+        asked): per layer and head the kept positions, ascending."""
+        store, n = self.store, self.store.tokens(-1)
+        out = {"tokens": n, "kv_heads": store.n_kv_heads,
+               "layers": [store.keep_map(i, n) for i in range(self.n_layers)], "kept": store.kept()}
+        if positions:
+            out["positions"] = [[store.positions(i, h) for h in range(store.n_kv_heads)]
+                                for i in range(self.n_layers)]
+        return out
+
+    def _token_event(self, index: int, tok: int, piece: str, cache_bytes: int, ms: float) -> dict:
+        return {"index": index, "id": tok, "text": piece, **self.meter(), "ms": round(ms, 3)}
 
 
 def _number(x) -> bool:

@@ -57,6 +57,7 @@ HOPS = 2  # multi-hop: questions per item (link number, then code)
 DEFAULT_CONTEXT = 1024
 DEFAULT_POSITIONS = 256
 DEFAULT_N = 10
+QUESTION_MODES = ("before", "after")  # retrieval: the question read before / after compression
 
 
 class EvalError(ValueError):
@@ -71,8 +72,8 @@ class EvalError(ValueError):
 class _Pass:
     """One pass of the engine over a sequence under a policy, position by position."""
 
-    def __init__(self, engine, pol: dict):
-        self.engine, self.pol = engine, pol
+    def __init__(self, engine, pol):
+        self.engine, self.pol = engine, engine.apply(pol)  # kvlab.policy.Applied
         self.store, self.module = engine.store, engine.store.module
         self.vocab = engine.config["vocab"]
         self.restart()
@@ -80,13 +81,14 @@ class _Pass:
     def restart(self) -> None:
         """An empty cache under the pass's policy; the next feed is at position 0."""
         self.store.reset()
-        policies.configure(self.store, self.pol, self.engine.config)
+        self.pol.configure(self.store)
         self.pos = 0
         self.logits = 0  # pointer to the last position's logits (store memory): (vocab,) f32
 
-    def feed(self, ids: list[int]):
-        """Read ids at the next positions: a generator of model runs (``yield from``)."""
-        self.logits = yield from self.engine.runs(ids, self.pos, self.pol)
+    def feed(self, ids: list[int], phase: str = "decode"):
+        """Read ids at the next positions: a generator of model runs (``yield from``).
+        phase "prompt": they end a prompt (one-shot techniques compress after them)."""
+        self.logits = yield from self.engine.runs(ids, self.pos, self.pol, phase)
         self.pos += len(ids)
         return self.logits
 
@@ -131,13 +133,29 @@ class _Acc:
 class _Run:
     """What one evaluation shares: the engine, the scratch buffers, the sums, progress."""
 
-    def __init__(self, engine, scratch: int, out: int, total: int, on_progress):
+    def __init__(self, engine, scratch: int, out: int, total: int, on_progress, question: str = "before"):
         self.engine, self.tokenizer = engine, engine.tokenizer
+        self.question = question  # retrieval: the question read "before" or "after" compression
+        self.memo = None  # the reference passes kept for later evaluations (``reference``)
+        self.recall = True  # use the kept ones (not when the reference pass is the result)
         self.vocab4 = 4 * engine.config["vocab"]
         self.scratch = scratch  # (slots, vocab) f32: the reference pass's logits
         self.out = out  # (N_STATS,) f32: kv_logit_stats' output
         self.acc = _Acc()
         self.done, self.total, self.on_progress = 0, total, on_progress
+
+    def remembered(self, i: int):
+        """Question i's reference trace from an earlier evaluation of the same questions
+        (``reference``), its logits written back into the scratch slots; None if not known."""
+        if self.memo is None or i not in self.memo or not self.recall:
+            return None
+        trace, blob = self.memo[i]
+        self.engine.store.module.write(self.scratch, blob)
+        return trace if trace is not None else True
+
+    def remember(self, i: int, trace, slots: int) -> None:
+        if self.memo is not None:
+            self.memo[i] = (trace, self.engine.store.module.read(self.scratch, slots * self.vocab4))
 
     def slot(self, j: int) -> int:
         return self.scratch + j * self.vocab4
@@ -157,17 +175,19 @@ def _ppl(run: _Run, pol, ids: list[int], context: int, positions: int, reuse_ful
     """Generator of model runs; returns the compressed pass (its store state is the result's)."""
     acc, out = run.acc, run.out
     ref = _Pass(run.engine, FULL)
-    yield from ref.feed(ids[:context])
-    for j in range(positions):
-        ref.keep(run.slot(j))
-        yield from ref.feed([ids[context + j]])
-        run.tick()
+    if not run.remembered(0):  # else the reference's logits are back in their scratch slots
+        yield from ref.feed(ids[:context], "prompt")
+        for j in range(positions):
+            ref.keep(run.slot(j))
+            yield from ref.feed([ids[context + j]])
+            run.tick()
+        run.remember(0, None, positions)
     if reuse_full:  # the policy is the full cache: compare the kept logits with themselves
         for j in range(positions):
             acc.add(ref.stats(run.slot(j), ids[context + j], out, cmp_ptr=run.slot(j)))
         return ref
     cmp = _Pass(run.engine, pol)
-    yield from cmp.feed(ids[:context])
+    yield from cmp.feed(ids[:context], "prompt")
     for j in range(positions):
         acc.add(cmp.stats(run.slot(j), ids[context + j], out))
         yield from cmp.feed([ids[context + j]])
@@ -212,6 +232,18 @@ def _greedy(run: _Run, p: _Pass, first_slot: int, ref_tokens: list[int] | None, 
     return got
 
 
+def _read(run: _Run, p: _Pass, ids: list[int], question_at: int):
+    """Read a question's text: with ``question`` "before" the whole of it is the prompt (the
+    question is read before the cache is compressed: inside SnapKV's window); "after", the
+    text up to the question is the prompt and the question comes after the compression
+    (kvpress's default: the compressed context serves any question)."""
+    if run.question == "after":
+        yield from p.feed(ids[:question_at], "prompt")
+        yield from p.feed(ids[question_at:])
+    else:
+        yield from p.feed(ids, "prompt")
+
+
 def _ask(run: _Run, p: _Pass, item: tasklib.Item, ref: dict | None):
     """Read one question and answer it (both hops for multi-hop): a generator of model
     runs; returns the trace. ref is None for the reference pass, else its trace."""
@@ -227,7 +259,7 @@ def _ask(run: _Run, p: _Pass, item: tasklib.Item, ref: dict | None):
         trace["tokens"].append(got)
         return got
 
-    yield from p.feed(item.ids)
+    yield from _read(run, p, item.ids, item.question_at)
     hop_ok, wrong_chain = True, False
     if item.hop:  # hop 1: the link number; hop 2: its code, asked with the model's digits
         got = yield from hop(0, stop=_sentence_ended)
@@ -239,7 +271,7 @@ def _ask(run: _Run, p: _Pass, item: tasklib.Item, ref: dict | None):
         # hop 1's question and answer, the full cache took the distractor chain's code in 1
         # of 30 questions where the same question on the bare text gets 30 of 30
         p.restart()
-        yield from p.feed(tasklib.hop_question(item, tok, named))
+        yield from _read(run, p, tasklib.hop_question(item, tok, named), item.question_at)
         got = yield from hop(1)
     else:
         got = yield from hop(0)
@@ -259,10 +291,13 @@ def _kept(trace: dict) -> list[tuple[int, int]]:
 def _retrieval(run: _Run, pol, items: list[tasklib.Item], reuse_full: bool):
     """Generator of model runs; returns (question details, the compressed pass)."""
     details, cmp = [], None
-    for item in items:
+    for i, item in enumerate(items):
         ref = _Pass(run.engine, FULL)
-        full = yield from _ask(run, ref, item, None)
-        run.tick()
+        full = run.remembered(i)
+        if full is None:
+            full = yield from _ask(run, ref, item, None)
+            run.tick()
+            run.remember(i, full, HOPS * ANSWER_TOKENS)
         if reuse_full:  # the policy is the full cache: the reference pass is its own result
             cmp, mine = ref, full
             for j, t in _kept(full):
@@ -291,18 +326,26 @@ def _retrieval(run: _Run, pol, items: list[tasklib.Item], reuse_full: bool):
 
 def evaluation(engine, task: str, policy=None, context: int = DEFAULT_CONTEXT, seed: int = 0,
                n: int = DEFAULT_N, positions: int = DEFAULT_POSITIONS, reuse_full: bool = False,
-               on_progress: Callable[[int, int], None] | None = None):
+               on_progress: Callable[[int, int], None] | None = None, question: str = "before",
+               reference: dict | None = None):
     """One evaluation as a generator of model runs (drive it with ``engine.drive`` or
     ``engine.drive_async``); it returns the object ``kvlab eval --json`` prints.
 
     The settings are checked and the texts and questions built here, at once: bad input
     raises (EvalError, PolicyError) before the store is touched. ``on_progress(done,
     total)`` is called after each teacher-forced ppl position and each answered question,
-    per pass.
+    per pass. ``question`` (retrieval tasks): "before" reads each question before the cache
+    is compressed (the whole text is the prompt), "after" compresses the text first and
+    then reads the question (kvpress's default). ``reference``: a dict in which the
+    full-cache passes are kept (their traces and logits); handed to the next evaluation of the
+    same task, context, seed, n and positions (another policy, the other question mode: the
+    full cache reads the same either way), it runs the reference pass once instead of again.
     """
     if task not in tasklib.TASKS:
         raise EvalError(f"unknown task {task!r}: choose one of {', '.join(tasklib.TASKS)}")
-    pol = policies.parse_policy(policy)  # raises PolicyError on bad input
+    pol = engine.apply(policy).policy  # raises PolicyError on bad input
+    if question not in QUESTION_MODES:
+        raise EvalError(f"question must be one of {', '.join(QUESTION_MODES)}, got {question!r}")
     max_ctx = engine.config["context"]
     for name, v, lo in (("context", context, 64), ("n", n, 1), ("positions", positions, 1), ("seed", seed, 0)):
         if isinstance(v, bool) or not isinstance(v, int) or v < lo:
@@ -324,26 +367,32 @@ def evaluation(engine, task: str, policy=None, context: int = DEFAULT_CONTEXT, s
         for it in items:
             used += [t for t in it.texts if t not in used]
         total = passes * n
+    if reference is not None:
+        key = [task, context, seed, n, positions if task == "ppl" else None]
+        if reference.setdefault("key", key) != key:
+            raise EvalError(f"this reference holds {reference['key']}, not {key}")
     return _evaluation(engine, task, pol, context, seed, n, positions, reuse, items,
-                       ids if items is None else None, used, total, on_progress)
+                       ids if items is None else None, used, total, on_progress, question, reference)
 
 
-def _evaluation(engine, task, pol, context, seed, n, positions, reuse, items, ids, used, total, on_progress):
+def _evaluation(engine, task, pol, context, seed, n, positions, reuse, items, ids, used, total, on_progress,
+                question, reference):
     store, vocab = engine.store, engine.config["vocab"]
     slots = positions if task == "ppl" else HOPS * ANSWER_TOKENS
     scratch = store.alloc(4 * vocab * slots)  # (slots, vocab) f32: the reference's logits
     out = store.alloc(4 * N_STATS)
-    run = _Run(engine, scratch, out, total, on_progress)
+    run = _Run(engine, scratch, out, total, on_progress, question)
+    run.memo, run.recall = reference, not reuse
     acc = run.acc
     extra: dict = {}
     t0 = engine.host.now_ms()
     try:
         if task == "ppl":
-            yield from _ppl(run, pol, ids, context, positions, reuse)
+            last = yield from _ppl(run, pol, ids, context, positions, reuse)
             score = math.exp(-acc.lp / acc.n)
             score_full = math.exp(-acc.lp_full / acc.n)
         else:
-            qs, _ = yield from _retrieval(run, pol, items, reuse)
+            qs, last = yield from _retrieval(run, pol, items, reuse)
             score = sum(q["correct"] for q in qs) / len(qs)
             score_full = sum(q["correct_full"] for q in qs) / len(qs)
             extra = {"questions": qs,
@@ -353,6 +402,8 @@ def _evaluation(engine, task, pol, context, seed, n, positions, reuse, items, id
         # the store holds the compressed pass's last sequence (or the reference's, reused)
         tokens = store.tokens(-1)
         cache_bytes = store.bytes()
+        kept = engine.savings() | {"kept": store.kept(), "index_bytes": store.bytes(-1, 2),
+                                   "eviction": last.pol.eviction()}
     finally:
         store.free(out)
         store.free(scratch)
@@ -380,15 +431,18 @@ def _evaluation(engine, task, pol, context, seed, n, positions, reuse, items, id
         "seconds": round((engine.host.now_ms() - t0) / 1000, 2),
         "host": engine.host.name,
     }
+    res.update(kept)
     if task != "ppl":
         res["n"] = n
+        res["question"] = question
     res.update(extra)
     return res
 
 
 def evaluate(engine, task: str, policy=None, context: int = DEFAULT_CONTEXT, seed: int = 0,
              n: int = DEFAULT_N, positions: int = DEFAULT_POSITIONS, reuse_full: bool = False,
-             on_progress: Callable[[int, int], None] | None = None) -> dict:
+             on_progress: Callable[[int, int], None] | None = None, question: str = "before",
+             reference: dict | None = None) -> dict:
     """Run one task under one policy on a synchronous host (native); returns the object
     ``kvlab eval --json`` prints.
 
@@ -396,12 +450,13 @@ def evaluate(engine, task: str, policy=None, context: int = DEFAULT_CONTEXT, see
     instead of running a second, identical pass (half the time; the result is the same by
     construction, since the engine is deterministic).
     """
-    return engine.drive(evaluation(engine, task, policy, context, seed, n, positions, reuse_full, on_progress))
+    return engine.drive(evaluation(engine, task, policy, context, seed, n, positions, reuse_full, on_progress,
+                                   question, reference))
 
 
 async def evaluate_async(engine, task: str, policy=None, context: int = DEFAULT_CONTEXT, seed: int = 0,
                          n: int = DEFAULT_N, positions: int = DEFAULT_POSITIONS, reuse_full: bool = False,
-                         on_progress: Callable[[int, int], None] | None = None) -> dict:
+                         on_progress: Callable[[int, int], None] | None = None, question: str = "before") -> dict:
     """``evaluate`` for hosts whose model runs asynchronously (the page)."""
     return await engine.drive_async(evaluation(engine, task, policy, context, seed, n, positions, reuse_full,
-                                               on_progress))
+                                               on_progress, question))

@@ -1,15 +1,27 @@
 """Parse and apply a policy: ``{technique name: {parameter: value}}``.
 
 Everything is validated before the store is touched, so a bad policy changes nothing.
+
+A parsed policy is applied through one ``Applied`` object per cache fill (a generation,
+each pass of an evaluation): it sets the empty store up, plans how a feed of tokens is cut
+into model runs (a technique may need the prompt's last tokens as a run of their own), and
+lets every technique act after each run, in a fixed order: every technique's scorers run
+before any selection (kvpress's ``ComposedPress`` warns that a scorer placed after a
+pruning step sees stale attention), and at most one technique selects.
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass, field
 from typing import Any
 
 from . import formats
 from .techniques import REGISTRY, PolicyError
+
+#: prompt tokens per model run while reading: bounds the (S, P+S) attention buffers the
+#: graph allocates, at a small cost in speed
+PREFILL_CHUNK = 512
 
 
 def parse_policy(policy: Any) -> dict[str, dict]:
@@ -29,20 +41,85 @@ def parse_policy(policy: Any) -> dict[str, dict]:
     unknown = sorted(set(policy) - set(REGISTRY))
     if unknown:
         raise PolicyError(f"unknown technique {unknown[0]!r}; known: {', '.join(REGISTRY)}")
-    return {name: t.validate(policy[name]) for name, t in REGISTRY.items() if name in policy}
+    parsed = {name: t.validate(policy[name]) for name, t in REGISTRY.items() if name in policy}
+    evicting = [name for name in parsed if REGISTRY[name].family == "evict"]
+    if len(evicting) > 1:
+        raise PolicyError(f"{' and '.join(evicting)} each choose which entries to keep: use one of them")
+    return parsed
 
 
-def configure(store, policy: dict[str, dict], config: dict) -> None:
-    """Let every technique of a parsed policy set the (empty) store up.
+@dataclass
+class Context:
+    """What techniques may read besides their parameters: the model's configuration and
+    the head profile (``kvlab.profile``'s object; None when none was given)."""
 
-    The store first goes back to the full fp32 cache, so nothing of an earlier
-    request's policy survives into this one.
-    """
-    store.configure(-1, formats.F32, formats.F32, formats.GROUP_DEFAULT)
-    for name, params in policy.items():
-        REGISTRY[name].configure(store, params, config)
+    model: dict
+    profile: dict | None = None
 
 
-def after_step(store, policy: dict[str, dict], config: dict) -> None:
-    for name, params in policy.items():
-        REGISTRY[name].after_step(store, params, config)
+@dataclass(frozen=True)
+class Step:
+    """One model run, as the techniques see it after the store took its tokens.
+
+    start: position of its first token; S: its tokens; phase: "prompt" while a prompt is
+    read, "decode" for everything after it; last: the run ends the prompt (one-shot
+    techniques compress now)."""
+
+    start: int
+    S: int
+    phase: str
+    last: bool
+
+
+@dataclass
+class Applied:
+    """A parsed policy applied to one cache fill."""
+
+    policy: dict[str, dict]
+    ctx: Context
+    #: what the techniques report (eviction: entries evicted, notes), for the result object
+    report: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for name, params in self.policy.items():
+            REGISTRY[name].check_context(params, self.ctx)
+
+    def configure(self, store) -> None:
+        """Set the (empty) store up. It first goes back to the full fp32 cache, so nothing
+        of an earlier request's policy survives into this one."""
+        store.configure(-1, formats.F32, formats.F32, formats.GROUP_DEFAULT)
+        self.report = {}
+        for name, params in self.policy.items():
+            REGISTRY[name].configure(store, params, self.ctx)
+
+    def plan(self, n: int, phase: str) -> list[int]:
+        """Model runs (their token counts) to feed n tokens: chunks of PREFILL_CHUNK, with the
+        tails the techniques ask for as runs of their own: a prompt's last ``prompt_tail``
+        tokens (SnapKV's observation window; their attention is then exact), and the last
+        ``chunk_tail`` tokens of every chunk (rolling TOVA's one-query attention)."""
+        techniques = [(REGISTRY[name], params) for name, params in self.policy.items()]
+        tail = max((t.prompt_tail(p) for t, p in techniques), default=0) if phase == "prompt" else 0
+        if not 0 < tail < n:
+            tail = 0
+        runs = plan_chunks(n - tail)
+        every = max((t.chunk_tail(p) for t, p in techniques), default=0)
+        if every:
+            runs = [x for r in runs for x in ((r - every, every) if r > every else (r,))]
+        return runs + [tail] if tail else runs
+
+    def eviction(self) -> dict | None:
+        """What eviction did in this fill (technique, entries evicted, selections, notes),
+        or None for a policy that evicts nothing by design."""
+        ev = self.report.get("eviction")
+        if ev is not None and ev["evicted"] == 0 and not ev["notes"]:
+            ev["notes"].append(f"nothing was evicted: no KV head held more entries than {ev['technique']} keeps")
+        return ev
+
+    def after_step(self, store, step: Step) -> None:
+        for name, params in self.policy.items():
+            REGISTRY[name].after_step(store, params, self.ctx, step, self.report)
+
+
+def plan_chunks(n: int) -> list[int]:
+    """n tokens in runs of at most PREFILL_CHUNK."""
+    return [min(PREFILL_CHUNK, n - i) for i in range(0, n, PREFILL_CHUNK)]

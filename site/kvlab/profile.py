@@ -62,9 +62,7 @@ import random
 import struct
 from dataclasses import asdict, dataclass
 
-from . import policy as policies
 from . import tasks as tasklib
-from .engine import PREFILL_CHUNK
 
 FORMAT = "kvlab-profile-1"
 TOP = (0.01, 0.05, 0.20)  # heavy-hitter shares: the top 1 %, 5 %, 20 % of tokens
@@ -162,7 +160,7 @@ class _Profiler:
         self.store, self.m = engine.store, engine.store.module
         self.L, self.H, self.K, self.D = c["n_layers"], c["n_heads"], c["n_kv_heads"], c["head_dim"]
         self.theta, self.vocab = float(c["rope_theta"]), c["vocab"]
-        self.full = policies.parse_policy({})
+        self.full = engine.apply({})
         self.on_progress, self.should_stop = on_progress, should_stop
         self.stage = ""
         self.ids = []
@@ -176,9 +174,10 @@ class _Profiler:
         # model runs in all, for progress bars: reading, cutting, K only / V only, retrieval
         s, n0 = settings, settings.context + settings.queries
         self.done = 0
-        self.total = (len(texts) * (_chunks(s.context) + s.queries) + s.scored() + self.L * s.positions
-                      + 2 * (_chunks(n0 - 1) + s.quant_positions)
-                      + sum(_chunks(len(q) - 1) + len(f[1]) for q, f in zip(self.facts["questions"],
+        runs = lambda n: len(self.full.plan(n, "prompt"))  # noqa: E731  (the engine's own plan)
+        self.total = (len(texts) * (runs(s.context) + s.queries) + s.scored() + self.L * s.positions
+                      + 2 * (runs(n0 - 1) + s.quant_positions)
+                      + sum(runs(len(q) - 1) + len(f[1]) for q, f in zip(self.facts["questions"],
                                                                           self.facts["facts"])))
 
     # ---- running the model, counting runs
@@ -191,11 +190,8 @@ class _Profiler:
             self.on_progress({"stage": self.stage, "done": min(self.done, self.total), "total": self.total})
 
     def read(self, ids, start, pol):
-        """Feed ids (chunked); returns the logits pointer."""
-        table = None
-        for i in range(0, len(ids), PREFILL_CHUNK):
-            table = yield from self.one(ids[i:i + PREFILL_CHUNK], start + i, pol)
-        return table.logits
+        """Feed ids in the engine's runs; returns the logits pointer."""
+        return (yield from self.e.runs(ids, start, pol, on_run=lambda table: self._tick()))
 
     def one(self, ids, start, pol):
         table = yield from self.e.step(ids, start, pol)
@@ -246,7 +242,7 @@ class _Profiler:
         s, L, H, m = self.s, self.L, self.H, self.m
         ids = self.ids[ti]
         self.store.reset()
-        policies.configure(self.store, self.full, self.e.config)
+        self.full.configure(self.store)
         yield from self.read(ids[:s.context], 0, self.full)
         self._moments(ti, s.context)
         m.write(self.heavy, bytes(4 * L * H * s.context))
@@ -348,9 +344,9 @@ class _Profiler:
         out = {}
         for name, pol in (("k_only", {"quant": {"k_bits": s.quant_bits}}),
                           ("v_only", {"quant": {"v_bits": s.quant_bits}})):
-            pol = policies.parse_policy(pol)
+            pol = self.e.apply(pol)
             self.store.reset()
-            policies.configure(self.store, pol, self.e.config)
+            pol.configure(self.store)
             yield from self.read(ids[:n0 - 1], 0, pol)
             out[name] = yield from self._scored_runs(ids, n0, s.quant_positions, keep=False, pol=pol)
         return out
@@ -391,7 +387,7 @@ class _Profiler:
     def _retrieval(self):
         L, H, m = self.L, self.H, self.m
         self.store.reset()
-        policies.configure(self.store, self.full, self.e.config)
+        self.full.configure(self.store)
         score = [[0.0] * H for _ in range(L)]
         steps = copied = 0
         pos = 0
@@ -473,10 +469,6 @@ class _Profiler:
             "host": self.e.host.name,
             "store": self.e.host.variant,
         }
-
-
-def _chunks(n: int) -> int:
-    return -(-n // PREFILL_CHUNK)
 
 
 def _digit_offset(tok, fact_text: str, code: str) -> int:

@@ -167,6 +167,85 @@ class KVStore:
         nothing: the model attends as if they were evicted."""
         self._call("kv_hide", layer, lo, hi, 1 if hidden else 0)
 
+    # ---- eviction (wasm/evict.c): scorers, one selection, tools
+
+    #: scorers of kv_score: what ranks an entry (higher = keep)
+    SCORE_ATTN, SCORE_WINDOW, SCORE_LAST, SCORE_KNORM, SCORE_RECENT = range(5)
+
+    def score(self, kind: int, layer: int = -1, kernel: int = 1, weights: int = 0) -> None:
+        """Score every live entry of a layer (-1: all) from the last step (see kv_score):
+        ATTN accumulates group attention across steps; WINDOW is SnapKV's pooled window
+        (``weights``: a pointer to (layers, q_heads) f32 to let chosen query heads decide
+        for the whole layer); LAST is TOVA's; KNORM and RECENT need no attention."""
+        self._call("kv_score", layer, kind, kernel, weights)
+
+    def score_drop(self, layer: int = -1) -> None:
+        """Free accumulated scores (H2O's), so they are no longer held."""
+        self._call("kv_score_drop", layer)
+
+    def select(self, budgets: list[list[int]], sinks: int = 0, recent: int = 0) -> int:
+        """Keep at most budgets[layer][head] entries per KV head (< 0: all) by the scores,
+        the first ``sinks`` positions and ``recent`` newest entries protected; compacts and
+        shrinks. Returns how many entries were evicted."""
+        flat = [b for row in budgets for b in row]
+        ptr = self.alloc(4 * len(flat))
+        try:
+            self.module.write(ptr, struct.pack(f"<{len(flat)}i", *flat))
+            return self._call("kv_select", ptr, sinks, recent)
+        finally:
+            self.free(ptr)
+
+    def evict(self, layer: int, head: int, keep: list[int]) -> int:
+        """Keep exactly the listed entries (ascending entry indices) of one head."""
+        ptr = self.alloc(4 * max(1, len(keep)))
+        try:
+            self.module.write(ptr, struct.pack(f"<{len(keep)}i", *keep))
+            return self._call("kv_evict", layer, head, ptr, len(keep))
+        finally:
+            self.free(ptr)
+
+    def live(self, layer: int, head: int) -> int:
+        """Live entries of one KV head of a layer."""
+        return self._call("kv_live", layer, head)
+
+    def kept(self) -> list[list[int]]:
+        """Live entries per layer and KV head: (layers, kv_heads)."""
+        return [[self.live(i, h) for h in range(self.n_kv_heads)] for i in range(self.n_layers)]
+
+    def meter(self) -> list[tuple[int, ...]]:
+        """Per layer, in one call: (K bytes, V bytes, index bytes, live entries per KV head...)."""
+        width = 3 + self.n_kv_heads
+        ptr = self.alloc(4 * width * self.n_layers)
+        try:
+            n = self._call("kv_meter", ptr)
+            words = struct.unpack(f"<{n}i", self.module.read(ptr, 4 * n))
+        finally:
+            self.free(ptr)
+        return [words[i:i + width] for i in range(0, n, width)]
+
+    def positions(self, layer: int, head: int) -> list[int]:
+        """The original positions one KV head keeps, ascending."""
+        n = self.live(layer, head)
+        ptr = self.alloc(4 * max(1, n))
+        try:
+            got = self._call("kv_positions", layer, head, ptr)
+            return list(struct.unpack(f"<{got}i", self.module.read(ptr, 4 * got)))
+        finally:
+            self.free(ptr)
+
+    def keep_map(self, layer: int, n: int | None = None) -> str:
+        """The cache map of a layer: one character per position 0..n-1 (default: every
+        appended token), the bit mask of the KV heads that keep it in '0'-'9', 'a'-'v'."""
+        n = self.tokens(-1) if n is None else n
+        if n == 0:
+            return ""
+        ptr = self.alloc(n)
+        try:
+            self._call("kv_keep_map", layer, ptr, n)
+            return self.module.read(ptr, n).decode("ascii")
+        finally:
+            self.free(ptr)
+
     # ---- accounting
 
     def bytes(self, layer: int = -1, part: int | None = None) -> int:
@@ -176,7 +255,8 @@ class KVStore:
         return self._call("kv_bytes", layer, part)
 
     def tokens(self, layer: int = -1) -> int:
-        """Live tokens of a layer; layer -1: tokens appended since reset (next position)."""
+        """Live tokens of a layer (the most any of its KV heads keeps); layer -1: tokens
+        appended since reset (the next position)."""
         return self._call("kv_tokens", layer)
 
     def capacity(self, layer: int) -> int:
@@ -192,7 +272,22 @@ class KVStore:
         return self._call("kv_staging_bytes")
 
     def io_bytes(self) -> int:
+        """Bytes of the step I/O buffers (logits, new K/V, attention, entropy)."""
         return self._call("kv_io_bytes")
+
+    def working_bytes(self) -> int:
+        """The working memory beside the cache: fp32 staging the model reads + step I/O."""
+        return self.staging_bytes() + self.io_bytes()
+
+    def rows(self, layer: int, head: int, part: int) -> bytes:
+        """One head's live compressed rows (part 0 K, 1 V), in entry order."""
+        n = self.live(layer, head)
+        ptr = self.alloc(max(16, 4 * self.head_dim * max(1, n)))
+        try:
+            got = self._call("kv_rows", layer, head, part, ptr)
+            return self.module.read(ptr, got)
+        finally:
+            self.free(ptr)
 
     def version(self) -> int:
         return self._call("kv_version")

@@ -104,4 +104,7 @@ def test_truncated_and_missing_model_are_refused(bundle, tmp_path):
 def test_techniques_lists_the_registry(bundle):
     r = kvlab(bundle, "techniques")
     assert r.returncode == 0
-    assert [t["name"] for t in json.loads(r.stdout)] == ["quant"]
+    from kvlab.techniques import REGISTRY
+
+    assert [t["name"] for t in json.loads(r.stdout)] == list(REGISTRY)
+    assert {"quant", "streaming", "h2o", "snapkv", "pyramidkv", "compresskv", "tova", "knorm", "duo"} <= set(REGISTRY)

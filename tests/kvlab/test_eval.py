@@ -218,3 +218,30 @@ def test_items_do_not_depend_on_the_hash_seed(bundle):
         assert r.returncode == 0, r.stderr
         outs.add(r.stdout.strip())
     assert len(outs) == 1
+
+
+@pytest.mark.parametrize("task", ["ppl", "multi-hop"])
+def test_a_kept_reference_gives_the_same_result(engine, task):
+    """``reference`` runs the full-cache pass once for several policies: same numbers."""
+    kw = dict(context=256, n=2, positions=16)
+    policy = {"snapkv": {"ratio": 0.5, "window": 16}}
+    alone = evaluate(engine, task, policy, **kw)
+    ref: dict = {}
+    evaluate(engine, task, Q4, reference=ref, **kw)  # fills the reference
+    shared = evaluate(engine, task, policy, reference=ref, **kw)
+    for k in ("score", "score_full", "kld_vs_full", "top1_agreement", "positions", "cache_bytes", "kept"):
+        assert shared[k] == alone[k], k
+    with pytest.raises(EvalError, match="this reference holds"):
+        evaluate(engine, task, policy, reference=ref, context=320, n=2, positions=16)
+
+
+def test_question_after_compression(engine):
+    """question "after": the context is compressed first, then the question read and kept."""
+    before = evaluate(engine, "needle", {"snapkv": {"ratio": 0.75, "window": 16}}, context=256, n=2)
+    after = evaluate(engine, "needle", {"snapkv": {"ratio": 0.75, "window": 16}}, context=256, n=2,
+                     question="after")
+    assert before["question"] == "before" and after["question"] == "after"
+    # after: every question token is kept on top of the compressed context, so more is held
+    assert after["cache_bytes"] > before["cache_bytes"]
+    with pytest.raises(EvalError, match="question must be one of"):
+        evaluate(engine, "needle", {}, context=256, n=2, question="during")

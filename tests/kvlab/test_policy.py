@@ -19,8 +19,8 @@ def test_empty_policy_is_the_full_cache():
 @pytest.mark.parametrize("name", TECHNIQUES)
 def test_defaults_fill_in(name):
     t = REGISTRY[name]
-    parsed = parse_policy({name: {}})
-    assert parsed == {name: {p.name: p.default for p in t.params}}
+    parsed = parse_policy({name: t.example()})
+    assert parsed == {name: {p.name: p.default for p in t.params} | t.example()}
     # the defaults themselves must pass their own checks
     assert parse_policy({name: parsed[name]}) == parsed
 
@@ -37,13 +37,18 @@ def test_describe_is_plain_data(name):
 
 @pytest.mark.parametrize("name", TECHNIQUES)
 def test_every_param_rejects_garbage(name):
-    for p in REGISTRY[name].params:
-        for bad in ("x", None, [1], {"a": 1}):
+    t = REGISTRY[name]
+    for p in t.params:
+        # None means "not given" for an optional parameter (default None), and is garbage
+        # for every other; a string is garbage unless the parameter is one
+        bads = [[1], {"a": 1}] + ([] if p.default is None else [None]) + ([] if p.kind == "str" else ["x"])
+        for bad in bads:
             with pytest.raises(PolicyError, match=f"{name}.{p.name}"):
-                parse_policy({name: {p.name: bad}})
+                parse_policy({name: t.example() | {p.name: bad}})
         if p.choices:
+            wrong = "nope" if p.kind == "str" else max(p.choices) * 2 + 1
             with pytest.raises(PolicyError, match="must be one of"):
-                parse_policy({name: {p.name: max(p.choices) * 2 + 1}})
+                parse_policy({name: t.example() | {p.name: wrong}})
 
 
 @pytest.mark.parametrize(

@@ -16,7 +16,6 @@ import pytest
 
 from kvlab import formats
 from kvlab.engine import Request
-from kvlab.policy import parse_policy
 
 pytestmark = pytest.mark.slow
 
@@ -42,16 +41,15 @@ def real_text_ids(engine, n: int) -> list[int]:
 
 def teacher_forced_logits(engine, ids: list[int], context: int, policy: dict) -> np.ndarray:
     """Logits (positions, vocab) for predicting ids[context+1 ..] from a compressed cache."""
-    pol = parse_policy(policy)
+    pol = engine.apply(policy)
     store, vocab = engine.store, engine.config["vocab"]
     store.reset()
-    from kvlab import policy as policies
-    policies.configure(store, pol, engine.config)
+    pol.configure(store)
     out = []
     ptr = engine.feed(ids[:context], 0, pol)
     for pos in range(context, len(ids)):
         out.append(np.frombuffer(engine.host.module.read(ptr, vocab * 4), dtype=np.float32).copy())
-        ptr = engine.feed([ids[pos]], pos, pol)
+        ptr = engine.feed([ids[pos]], pos, pol, "decode")
     return np.stack(out)
 
 

@@ -112,12 +112,14 @@ def check_layer(s: KVStore, m: WasmtimeModule, layer: int, k_all: np.ndarray, v_
         assert stage[:, :T].tobytes() == ref.roundtrip(f, G, x).tobytes()  # what the store holds
         assert not stage[:, T:].any()  # empty slots are zero
     assert not mask[:, :T].any() and np.all(mask[:, T:] == ref.MASK_EMPTY)
-    # the compressed store, token-major (tokens, kv_heads, row bytes)
-    for which, x, f in ((3, k_all, kf), (4, v_all, vf)):
+    # the compressed store, head-major (kv_heads, capacity, row bytes): each head's rows
+    for part, x, f in ((0, k_all, kf), (1, v_all, vf)):
         row = formats.row_bytes(f, G, D)
-        raw = m.read(m.call("kv_layer_ptr", layer, which), T * H * row)
-        want = b"".join(ref.quantize(f, G, x[h, t]) for t in range(T) for h in range(H))
-        assert raw == want
+        for h in range(H):
+            want = b"".join(ref.quantize(f, G, x[h, t]) for t in range(T))
+            assert s.rows(layer, h, part) == want
+            if h == 0:  # head 0's rows open the stream
+                assert m.read(m.call("kv_layer_ptr", layer, 3 + part), T * row) == want
 
 
 @settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -188,13 +190,18 @@ def test_capacity_grows_by_a_quarter_in_multiples_of_64(wasm_path):
 # ---------------------------------------------------------------------------------------
 
 
-def snapshot(s: KVStore, m: WasmtimeModule) -> tuple:
+def snapshot(s: KVStore, m: WasmtimeModule, scratch: int) -> tuple:
+    """Counts, staging K and mask, and every head's compressed K and V rows (read with
+    kv_rows into `scratch`, allocated beforehand: a snapshot under a heap limit must not
+    allocate, as KVStore.rows does)."""
     out = [s.tokens(), s.bytes(), s.staging_bytes()]
     for layer in range(s.n_layers):
         P = s.capacity(layer)
         out += [P, m.read(m.call("kv_layer_ptr", layer, 0), 4 * 2 * P * 64)]
         out += [m.read(m.call("kv_layer_ptr", layer, 2), 4 * 2 * P)]
-        out += [m.read(m.call("kv_layer_ptr", layer, 3), s.bytes(layer, 0))]
+        for h in range(s.n_kv_heads):
+            for part in (0, 1):
+                out += [m.read(scratch, m.call("kv_rows", layer, h, part, scratch))]
     return tuple(out)
 
 
@@ -207,18 +214,19 @@ def test_failed_growth_changes_nothing_and_the_store_stays_usable(wasm_path, hea
     rng = np.random.default_rng(3)
     for S in (40, 10):
         run_step(s, m, S, rng)
-    before = snapshot(s, m)
+    scratch = s.alloc(50 * 68)  # one head's rows: 50 tokens of q8 (68 bytes per row)
+    before = snapshot(s, m, scratch)
     limit = s.heap_bytes() + headroom
     s.set_limit(limit)
     with pytest.raises(StoreError) as e:
         s.step_begin(1000)
     assert e.value.code == formats.ENOMEM
-    assert snapshot(s, m) == before
+    assert snapshot(s, m, scratch) == before
     heap = s.heap_bytes()
     assert heap <= limit
     with pytest.raises(StoreError):  # again: the rolled-back blocks are reused, no leak
         s.step_begin(1000)
-    assert s.heap_bytes() == heap and snapshot(s, m) == before
+    assert s.heap_bytes() == heap and snapshot(s, m, scratch) == before
     # still usable within the limit: this fits in the current capacity (64)
     t = s.step_begin(3)
     assert t.layers[0].P == 64

@@ -9,9 +9,19 @@ in ``REGISTRY``, a README line.
 from __future__ import annotations
 
 from .base import Param, PolicyError, Technique
+from .compresskv import CompressKV
+from .duo import Duo
+from .h2o import H2O
+from .knorm import KNorm
+from .pyramidkv import PyramidKV
 from .quant import Quant
+from .snapkv import SnapKV
+from .streaming import Streaming
+from .tova import TOVA
 
 #: technique name (the key in a policy JSON object) → technique
-REGISTRY: dict[str, Technique] = {t.name: t for t in (Quant(),)}
+REGISTRY: dict[str, Technique] = {
+    t.name: t for t in (Quant(), Streaming(), H2O(), SnapKV(), PyramidKV(), CompressKV(), TOVA(), KNorm(), Duo())
+}
 
 __all__ = ["Param", "PolicyError", "REGISTRY", "Technique"]

@@ -2,7 +2,9 @@
 
 A *policy* is a JSON object ``{technique name: {parameter: value}}``; ``{}`` is the full
 fp32 cache. Techniques compose: each configures the store before the prompt is read
-(formats, budgets) and may act after each model step (eviction, re-compression).
+(formats, budgets) and may act after each model run (eviction, re-compression); a
+technique may also ask for the prompt's last tokens, or every chunk's, as runs of their
+own (``kvlab.policy.Applied.plan``).
 """
 
 from __future__ import annotations
@@ -20,8 +22,8 @@ class Param:
     """One parameter of a technique, described well enough to validate it and draw a control."""
 
     name: str
-    kind: str  # "int" | "float" | "bool"
-    default: Any
+    kind: str  # "int" | "float" | "bool" | "str"
+    default: Any  # None: optional, no value unless given
     help: str
     choices: tuple = ()  # allowed values, when the set is small and discrete
     lo: float | None = None  # inclusive bounds, when continuous
@@ -29,6 +31,12 @@ class Param:
 
     def check(self, technique: str, value: Any) -> Any:
         where = f"{technique}.{self.name}"
+        if value is None and self.default is None:
+            return None
+        if self.kind == "str":
+            if not isinstance(value, str) or value not in self.choices:
+                raise PolicyError(f"{where} must be one of {', '.join(map(repr, self.choices))}; got {value!r}")
+            return value
         if self.kind == "bool":
             if not isinstance(value, bool):
                 raise PolicyError(f"{where} must be true or false, got {value!r}")
@@ -80,11 +88,29 @@ class Technique:
             )
         return {p.name: p.check(self.name, given.get(p.name, p.default)) for p in self.params}
 
-    def configure(self, store, params: dict, config: dict) -> None:
+    def example(self) -> dict:
+        """A valid parameter object with the fewest settings (the test matrix and the page
+        start from it): {} where every parameter has a default."""
+        return {}
+
+    def check_context(self, params: dict, ctx) -> None:
+        """Refuse (PolicyError) a setting this model or profile cannot serve, before the
+        store is touched; ctx is a ``kvlab.policy.Context``."""
+
+    def configure(self, store, params: dict, ctx) -> None:
         """Set the store up before any token is cached (formats, budgets)."""
 
-    def after_step(self, store, params: dict, config: dict) -> None:
-        """Act after the store took a step's new tokens (evict, re-compress)."""
+    def prompt_tail(self, params: dict) -> int:
+        """Tokens at a prompt's end to read as a run of their own (0: none)."""
+        return 0
+
+    def chunk_tail(self, params: dict) -> int:
+        """Tokens at the end of every run to read as a run of their own (0: none)."""
+        return 0
+
+    def after_step(self, store, params: dict, ctx, step, report: dict) -> None:
+        """Act after the store took a run's new tokens (evict, re-compress); step is a
+        ``kvlab.policy.Step``; report collects what the result object should say."""
 
     def describe(self) -> dict:
         return {

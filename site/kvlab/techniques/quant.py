@@ -32,7 +32,7 @@ class Quant(Technique):
             ),
         )
 
-    def configure(self, store, params: dict, config: dict) -> None:
+    def configure(self, store, params: dict, ctx) -> None:
         store.configure(
             -1,
             formats.from_bits(params["k_bits"]),

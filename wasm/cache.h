@@ -1,0 +1,83 @@
+// KV Cache Lab: the cache's state, shared by cache.c (store, staging, step protocol) and
+// evict.c (scorers, selection, compaction). Internal: nothing here is part of the ABI.
+//
+// Per layer and KV head the cache keeps a list of ENTRIES in position order (appends add
+// at the end, eviction keeps the order). Entry e of head h lives at
+//   - row e of the head's compressed stream:   data[p] + (h * ccap + e) * row[p]  bytes
+//   - slot e of the head's staging:            stage[p] + (h * pcap + e) * head_dim  f32
+//   - index e of the head's position list:     pos[h * ccap + e]  (only once evicted)
+//   - index e of the head's score list:        score[h * ccap + e]  (only while scoring)
+// so a head's live entries are always the slots [0, live[h]) and every other slot is
+// masked (-1e9) and zero. Heads of a layer may hold different numbers of entries; the
+// model is handed the layer's staging capacity pcap >= max live, the shorter heads masked.
+
+#ifndef KV_CACHE_H
+#define KV_CACHE_H
+
+#include "kvstore.h"
+
+#define SLOT_ROUND 64       // capacities are multiples of this many entries
+#define MASK_EMPTY (-1e9f)  // additive attention mask of an empty / evicted slot
+#define MAX_BYTES 0x7fff0000u
+
+typedef struct {
+    // configuration
+    int32_t fmt[2];   // storage format of K [0] and V [1] (kv_format)
+    int32_t group;    // group size G along head_dim (quantized formats)
+    int32_t row[2];   // bytes of one (entry, kv head) row of K / V
+    // compressed streams, head-major: (kv_heads, ccap, row) bytes for K [0] and V [1]
+    uint8_t *data[2];
+    int32_t ccap;     // entry capacity of every stream (and of pos / score)
+    int32_t *live;    // (kv_heads,) live entries per head
+    int32_t used;     // max over heads of live: the staging slots in use
+    int32_t *pos;     // (kv_heads, ccap) i32 original positions; 0 until the first eviction
+                      // (before it, entry e is position e and no index is held)
+    float *score;     // (kv_heads, ccap) f32 per-entry scores; 0 unless a scorer wrote them
+    int32_t score_held; // 1: the scores accumulate across steps (H2O), so they are held
+                        // state and counted in kv_bytes(., 2); 0: scratch of one selection;
+                        // -1 only inside kv_score: allocated by this call (undone on failure)
+    // staging, head-major like the model's past input
+    float *stage[2];  // K / V: (kv_heads, pcap, head_dim) f32, dequantized
+    float *mask;      // (kv_heads, pcap) f32: 0 live, -1e9 empty
+    int32_t pcap;     // staging capacity in slots (P_i)
+    // the last committed step, for the scorers: its attention columns are
+    //   [0, step_P): staging slots as they were, slot e = entry e while e < prev[h]
+    //   [step_P, step_P + step_S): the step's new tokens = entries prev[h] + s
+    int32_t *prev;    // (kv_heads,) live entries before the last commit
+    int32_t step_P;   // the P the model saw in that step
+    int32_t step_ok;  // 1 while that mapping holds (an eviction or a new step ends it)
+} kv_layer;
+
+typedef struct {
+    int32_t ready;
+    int32_t n_layers, n_kv_heads, n_q_heads, head_dim, vocab;
+    kv_layer *layer;  // (n_layers,)
+    int32_t *table;   // the step table words
+    uint8_t *io;      // the I/O buffers of the open step, one allocation
+    size_t io_cap;    // bytes of io
+    int32_t open_S;   // S of the open step, 0 when none
+    int32_t last_S;   // S of the last committed step (its outputs stay readable)
+    int32_t appended; // tokens appended since reset: the next token's position
+} kv_state;
+
+extern kv_state kv;
+
+#define TABLE_HEAD 4  // words before the per-layer entries
+#define TABLE_LAYER 8 // words per layer
+
+// A layer's step-table entry (valid while the step's outputs are).
+static inline const int32_t *kv_table_layer(int32_t l) { return kv.table + TABLE_HEAD + TABLE_LAYER * l; }
+
+// Position of entry e of head h (identity until the layer first evicts).
+static inline int32_t kv_entry_pos(const kv_layer *L, int32_t h, int32_t e) {
+    return L->pos ? L->pos[(size_t)h * L->ccap + e] : e;
+}
+
+// cache.c: shrink a layer's staging and streams to fit its live entries (plus one slot of
+// room for the next decode step); never fails (a shrink that cannot return memory keeps it).
+void kv_fit_layer(kv_layer *L);
+
+// alloc.c: give back the tail of an allocation beyond its first n bytes (in place).
+void kv_mshrink(void *p, size_t n);
+
+#endif
