@@ -1,8 +1,9 @@
 """What the page calls: the engine on the browser host, with JSON in and out.
 
 ``static/boot.js`` imports this module under Pyodide and calls ``init(js_host, emit,
-should_stop)`` once, then ``generate_json`` / ``reset_json`` / ``techniques_json``. JSON
-text crosses the bridge instead of proxies: one string conversion, nothing to destroy.
+should_stop, profile_json)`` once, then ``generate_json`` / ``reset_json`` /
+``techniques_json`` / ``cache_map_json``. JSON text crosses the bridge instead of proxies:
+one string conversion, nothing to destroy.
 
 Results are the CLI's ``generate --json`` objects; a failure is ``{"error": message}``
 (with ``"kind": "input"`` for bad input, ``"internal"`` otherwise) so the page can show
@@ -25,19 +26,26 @@ _should_stop = None  # JS function() → bool, the Stop button
 OPTIONS = {
     "prompt": "prompt", "chat": "chat", "maxNewTokens": "max_new_tokens", "policy": "policy",
     "temperature": "temperature", "topK": "top_k", "topP": "top_p", "seed": "seed",
-    "ignoreEos": "ignore_eos",
+    "ignoreEos": "ignore_eos", "cacheMap": "cache_map",
 }
 
 
 # ---- setup --------------------------------------------------------------------------------
 
-def init(js_host, emit, should_stop) -> None:
-    """Build the engine on the page's host (shapes the store: kv_init)."""
+def init(js_host, emit, should_stop, profile_json: str | None = None) -> None:
+    """Build the engine on the page's host (shapes the store: kv_init). ``profile_json``:
+    the builder's ``profile.json`` (the head profile that pyramidkv's entropy shape,
+    compresskv and duo read; without it they refuse, as natively)."""
     global _engine, _emit, _should_stop
     from .host.browser import BrowserHost
 
-    _engine = Engine(BrowserHost(js_host))
+    profile = json.loads(profile_json) if profile_json else None
+    _engine = Engine(BrowserHost(js_host), profile=profile)
     _emit, _should_stop = emit, should_stop
+
+
+def has_profile() -> bool:
+    return _engine is not None and _engine.profile is not None
 
 
 def techniques() -> list[dict]:
@@ -69,10 +77,46 @@ async def _json_call(fn, *texts: str, **kw) -> str:
     return json.dumps(await fn(*args, **kw))
 
 
+def _json_sync(fn, text: str) -> str:
+    """``fn(parsed text)`` with JSON text in and out, for the calls that need no await."""
+    try:
+        opts = json.loads(text)
+    except ValueError as e:
+        return json.dumps({"error": f"options are not valid JSON: {e}", "kind": "input"})
+    return json.dumps(fn(opts))
+
+
 def request(opts: dict) -> Request:
     """A Request from the page's options object; unknown keys are refused by name."""
     check_options(opts, OPTIONS, "generate")
+    if not isinstance(opts.get("cacheMap", False), bool):
+        raise InputError(f"cacheMap must be true or false, got {opts['cacheMap']!r}")
     return Request(**{OPTIONS[k]: v for k, v in opts.items() if v is not None})
+
+
+def token_text(tok: int) -> str:
+    """One token's own text, for the cache map's hover (a piece of a character: U+FFFD)."""
+    return _engine.tokenizer.token_bytes(tok).decode("utf-8", errors="replace")
+
+
+def token_sink(req: Request):
+    """The ``on_token`` that hands each event to the page. With ``cacheMap`` the events
+    also say what the map's positions hold: the first one ``prompt_tokens`` (each prompt
+    token's text, computed once per request), every one ``token_text`` (its own token's:
+    a stream piece may be "" mid-character). Positions 0..P-1 are the prompt's, P.. the
+    generated tokens in order."""
+    if _emit is None:
+        return None
+    if not req.cache_map:
+        return lambda ev: _emit(json.dumps(ev))
+
+    def on_token(ev: dict) -> None:
+        if ev["index"] == 0:  # the request passed its checks: the prompt's ids are these
+            ev["prompt_tokens"] = [token_text(t) for t in _engine.prompt_ids(req)]
+        ev["token_text"] = token_text(ev["id"])
+        _emit(json.dumps(ev))
+
+    return on_token
 
 
 async def generate(opts: dict) -> dict:
@@ -81,8 +125,7 @@ async def generate(opts: dict) -> dict:
         return {"error": "the engine is not started yet", "kind": "internal"}
     try:
         req = request(opts)
-        on_token = (lambda ev: _emit(json.dumps(ev))) if _emit is not None else None
-        return await _engine.generate_async(req, on_token=on_token, should_stop=_should_stop)
+        return await _engine.generate_async(req, on_token=token_sink(req), should_stop=_should_stop)
     except (InputError, PolicyError) as e:
         return {"error": str(e), "kind": "input"}
     except StoreError as e:
@@ -96,16 +139,62 @@ async def generate_json(opts_json: str) -> str:
 
 
 def reset() -> dict:
-    """Empty the store (its memory goes back to the allocator); returns the meter's zeros."""
+    """Empty the store (its memory goes back to the allocator); returns the meter, read
+    from the store (zeros, but for whatever working memory it keeps)."""
     if _engine is None:
         return {"error": "the engine is not started yet", "kind": "internal"}
     _engine.store.reset()
-    return {"tokens_cached": 0, "cache_bytes": _engine.store.bytes(),
-            "layer_bytes": _engine.layer_bytes()}
+    return _engine.meter()
 
 
 def reset_json() -> str:
     return json.dumps(reset())
+
+
+# ---- the cache map and texts ----------------------------------------------------------------
+
+def cache_map(opts: dict | None = None) -> dict:
+    """``Engine.cache_map()`` for the store as it is now (``python -m kvlab cachemap``'s
+    map): per layer the keep-mask string, ``kept`` per head and (unless ``{"positions":
+    false}``) the kept ``positions``."""
+    if _engine is None:
+        return {"error": "the engine is not started yet", "kind": "internal"}
+    opts = {} if opts is None else opts
+    try:
+        check_options(opts, ("positions",), "cachemap")
+        positions = opts.get("positions", True)
+        if not isinstance(positions, bool):
+            raise InputError(f"positions must be true or false, got {positions!r}")
+    except InputError as e:
+        return {"error": str(e), "kind": "input"}
+    return _engine.cache_map(positions=positions)
+
+
+def cache_map_json(opts_json: str = "{}") -> str:
+    return _json_sync(cache_map, opts_json)
+
+
+def sample_text(opts: dict) -> dict:
+    """About ``tokens`` tokens of real text (CPython's reference documentation, as the
+    quality harness reads it: ``kvlab.texts.token_stream``), for long prompts."""
+    from .texts import token_stream
+
+    if _engine is None:
+        return {"error": "the engine is not started yet", "kind": "internal"}
+    try:
+        check_options(opts, ("tokens", "start"), "sampleText")
+        n, start = opts.get("tokens", 1000), opts.get("start", 0)
+        for name, v, lo in (("tokens", n, 1), ("start", start, 0)):
+            if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= _engine.config["context"]:
+                raise InputError(f"{name} must be a whole number from {lo} to {_engine.config['context']}, got {v!r}")
+        ids, used = token_stream(_engine.tokenizer, n, start)
+    except (InputError, ValueError) as e:
+        return {"error": str(e), "kind": "input"}
+    return {"text": _engine.tokenizer.decode(ids), "tokens": len(ids), "sources": used}
+
+
+def sample_text_json(opts_json: str) -> str:
+    return _json_sync(sample_text, opts_json)
 
 
 # ---- the head profile ----------------------------------------------------------------------

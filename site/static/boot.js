@@ -190,23 +190,27 @@ async function boot() {
   const [py, md] = await Promise.all([pythonSide, modelSide]);
 
   const variant = simd ? "simd" : "scalar";
-  const { host, techniques, config } = await step("store", "Starting the KV store", async () => {
-    const [wasm, configJson, tokenizerJson] = await Promise.all([
+  const { host, techniques, config, profile } = await step("store", "Starting the KV store", async () => {
+    const text = (b) => new TextDecoder().decode(b);
+    const [wasm, configJson, tokenizerJson, profileJson] = await Promise.all([
       fetchChecked(simd ? "kvstore.wasm" : "kvstore-scalar.wasm"),
-      fetchChecked("config.json").then((b) => new TextDecoder().decode(b)),
-      fetchChecked("tokenizer.json").then((b) => new TextDecoder().decode(b)),
+      fetchChecked("config.json").then(text),
+      fetchChecked("tokenizer.json").then(text),
+      // the head profile (pyramidkv's entropy shape, compresskv and duo read it); a site
+      // built without one still starts, and those techniques say what they miss
+      manifest.files["profile.json"] ? fetchChecked("profile.json").then(text) : null,
     ]);
     const exports = await instantiateStore(wasm);
     const config = JSON.parse(configJson);
     const host = makeHost({ ort: md.ort, session: md.session, exports, config, configJson, tokenizerJson, variant });
-    py.web.init(host, (json) => emit("token", JSON.parse(json)), () => stopRequested);
-    return { host, config, techniques: JSON.parse(py.web.techniques_json()) };
+    py.web.init(host, (json) => emit("token", JSON.parse(json)), () => stopRequested, profileJson);
+    return { host, config, techniques: JSON.parse(py.web.techniques_json()), profile: py.web.has_profile() };
   });
 
   api._web = py.web;
   api._host = host;
   const detail = {
-    config, techniques, store: variant, threads: md.threads, crossOriginIsolated,
+    config, techniques, profile, store: variant, threads: md.threads, crossOriginIsolated,
     versions: manifest.versions, model: manifest.model,
     modelFromCache: md.fromCache === manifest.model_file.bytes,
     bootMs: Math.round(performance.now() - t0), stepMs,
@@ -235,6 +239,7 @@ function showError(step, message) {
 // ---- window.kvlab: the page's API (the UI, tests and workshop scripts use it) ----------------
 let busy = false;
 let stopRequested = false;
+const BUSY_MAP = "the engine is busy: read the map between runs, or generate with cacheMap: true (every kvlab:token event carries it)";
 
 async function callWeb(fn) {
   await api.start();
@@ -257,7 +262,9 @@ const api = {
   info: null,
   ready: null,
 
-  /** Generate; resolves with the object of `python -m kvlab generate --json`. */
+  /** Generate; resolves with the object of `python -m kvlab generate --json`. With
+   *  `cacheMap: true` every kvlab:token event also carries `cache_map` (see cachemap()),
+   *  the first one `prompt_tokens` (each prompt token's text) and each `token_text`. */
   async generate(opts = {}) {
     if (busy) throw new Error("a generation is already running: wait for it, or call kvlab.stop()");
     busy = true;
@@ -295,6 +302,24 @@ const api = {
     const res = await callWeb((web) => web.reset_json());
     emit("reset", res);
     return res;
+  },
+
+  /** Which entries the cache keeps now (`python -m kvlab cachemap`'s map): {tokens,
+   *  kv_heads, layers: one string per layer, one character per position (the bit mask of
+   *  the KV heads keeping it, '0'..'7'), kept: live entries per layer and KV head,
+   *  positions: per layer and head the kept positions}. opts: {positions: false} leaves
+   *  `positions` out. Between runs only: during one, the token events carry the map. */
+  async cachemap(opts = {}) {
+    const refuse = () => { if (busy) throw new Error(BUSY_MAP); };
+    refuse();
+    // checked again right before Python: a run may have started while start() resolved
+    return callWeb((web) => { refuse(); return web.cache_map_json(JSON.stringify(opts)); });
+  },
+
+  /** About `tokens` tokens of real text (CPython's reference documentation, as the
+   *  quality harness reads it), for long prompts: {text, tokens, sources}. */
+  async sampleText(opts = {}) {
+    return callWeb((web) => web.sample_text_json(JSON.stringify(opts)));
   },
 
   /** The technique registry (each technique's name, family, parameters). */

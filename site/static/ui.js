@@ -3,8 +3,10 @@
 // boot.js (the runtime) starts Python, the model and the KV store, exposes window.kvlab and
 // fires kvlab:* events on window; this module only draws them and calls window.kvlab.
 // Nothing here knows a technique by name: the technique panel is rendered from the
-// registry's description (kvlab:ready → techniques), and lessons/examples come from
-// lessons.json (data, not code).
+// registry's description (kvlab:ready → techniques), and lessons, examples, presets and the
+// panel's rules (one eviction technique at a time; ratio OR budget) come from lessons.json
+// (data, not code). The cache map is drawn from each token event's `cache_map` (the page
+// generates with cacheMap: true), on a <canvas>, at most once per animation frame.
 
 // ---- small helpers --------------------------------------------------------------------
 
@@ -40,6 +42,7 @@ const fmtRatio = (r) => (r >= 10 ? r.toFixed(1) : r.toFixed(2).replace(/0$/, "")
 
 const body = document.body;
 const N_LAYERS = Number(body.dataset.nLayers) || 30;
+const HEAD_DIM = Number(body.dataset.headDim) || 64;
 const state = {
   techniques: [],
   lessons: null,
@@ -48,6 +51,10 @@ const state = {
   run: null,        // the current run: {x: [], held: [], fp32: [], fp16: [], ms: [], t0}
   ghost: null,      // the previous run's held line: {x: [], held: [], label}
   pending: null,    // a Generate click waiting for its first token: {label, t0}
+  map: null,        // the newest cache map: {index, tokens, kv_heads, layers, kept, prompt, texts}
+  drawn: null,      // the map the canvas shows (the newest, once a frame has drawn it)
+  draws: 0,
+  preset: null,     // the preset last applied (its "look" sentence shows while the panel matches it)
 };
 
 const ui = {
@@ -64,12 +71,25 @@ const ui = {
   outputStatus: $("#output-status"),
   message: $("#message"),
   total: $("#meter-total"),
+  index: $("#meter-index"),
+  working: $("#meter-working"),
+  savings: $("#meter-savings"),
   fp32: $("#meter-fp32"),
   fp16: $("#meter-fp16"),
   ratio: $("#meter-ratio"),
   bars: $("#layer-bars"),
   chart: $("#chart"),
   techniques: $("#techniques"),
+  presets: $("#presets"),
+  longText: $("#long-text"),
+  map: $("#cachemap"),
+  mapFrame: $("#map-frame"),
+  mapTip: $("#map-tip"),
+  mapEmpty: $("#map-empty"),
+  mapSummary: $("#map-summary"),
+  mapBoundary: $("#map-boundary"),
+  mapEnd: $("#map-end"),
+  mapLook: $("#map-look"),
   policyJson: $("#policy-json"),
   boot: $("#boot"),
   bootSteps: $("#boot-steps"),
@@ -188,22 +208,55 @@ function lessonFor(name) {
   return state.lessons?.techniques?.[name] || {};
 }
 
+const isSet = (v) => v !== null && v !== undefined;
+const panelRules = () => state.lessons?.panel || {};
+
+/** The lessons' "give exactly one of these parameters" group holding `name`, if any. */
+function chooseOne(tech, name) {
+  return (panelRules().choose_one || []).find((g) => (!g.family || g.family === tech.family)
+    && g.params.includes(name) && g.params.every((n) => (tech.params || []).some((q) => q.name === n)));
+}
+
+/** What an optional parameter's field starts with: the lessons' suggestion, else its lower bound. */
+function initialValue(tech, p) {
+  const v = chooseOne(tech, p.name)?.initial?.[p.name];
+  return isSet(v) ? v : isSet(p.default) ? p.default : isSet(p.lo) ? p.lo : "";
+}
+
 function paramControl(tech, p) {
   const id = `tech-${tech.name}-${p.name}`;
-  const range = p.lo !== null && p.lo !== undefined && p.hi !== null && p.hi !== undefined ? ` (${p.lo} to ${p.hi})` : "";
+  const range = isSet(p.lo) && isSet(p.hi) ? ` (${p.lo} to ${p.hi})` : isSet(p.lo) ? ` (${p.lo} or more)` : "";
   const caption = (lessonFor(tech.name).params?.[p.name] || p.help || "") + range;
-  const common = { id, "data-param": p.name, "data-kind": p.kind, title: p.help || "" };
+  // optional (default null): sent only while its "use" control is on; a choose-one group
+  // makes those radios, so the panel's policy gives exactly one of them (ratio OR budget)
+  const optional = !isSet(p.default);
+  const common = { id, "data-param": p.name, "data-kind": p.kind, "data-optional": optional, title: p.help || "" };
   let control;
   if (p.kind === "bool") {
     control = el("input", { ...common, type: "checkbox", checked: Boolean(p.default) });
-  } else if (p.choices && p.choices.length) {
+  } else if (p.choices && p.choices.length) {   // int choices (bits) and str choices (a shape) alike
     control = el("select", common, ...p.choices.map((c) => el("option", { value: String(c), text: String(c), selected: c === p.default })));
+  } else if (p.kind === "str") {
+    control = el("input", { ...common, type: "text", value: String(optional ? initialValue(tech, p) : p.default) });
   } else {
     const step = p.kind === "int" ? 1 : "any";
-    control = el("input", { ...common, type: "number", value: String(p.default), step, min: p.lo ?? undefined, max: p.hi ?? undefined, inputMode: p.kind === "int" ? "numeric" : "decimal" });
+    control = el("input", { ...common, type: "number", value: String(optional ? initialValue(tech, p) : p.default), step,
+      min: p.lo ?? undefined, max: p.hi ?? undefined, inputMode: p.kind === "int" ? "numeric" : "decimal" });
   }
-  const label = el("label", { for: id }, el("code", { text: p.name }), control,
-    caption ? el("span", { class: "caption", text: caption }) : null);
+  const capEl = caption ? el("span", { class: "caption", text: caption }) : null;
+  if (optional) {
+    const group = chooseOne(tech, p.name);
+    const use = el("input", {
+      type: group ? "radio" : "checkbox", id: `${id}-use`, "data-use": p.name,
+      name: group ? `tech-${tech.name}-${group.params.join("-")}` : undefined,
+      checked: group ? group.params[0] === p.name : false,
+    });
+    control.setAttribute("aria-label", `${tech.name} ${p.name}`);
+    return el("div", { class: "param optional" },
+      el("label", { for: `${id}-use`, class: "use", title: group ? "give this one" : "give a value" }, use, el("code", { text: p.name })),
+      control, capEl);
+  }
+  const label = el("label", { for: id }, el("code", { text: p.name }), control, capEl);
   if (p.kind === "bool") label.style.flexDirection = "row";
   return el("div", { class: "param" }, label);
 }
@@ -211,24 +264,28 @@ function paramControl(tech, p) {
 function renderTechniques(list) {
   state.techniques = Array.isArray(list) ? list : [];
   ui.techniques.replaceChildren();
-  const examples = (state.lessons?.examples || []).filter((ex) => Object.keys(ex.policy).every((n) => state.techniques.some((t) => t.name === n)));
+  const known = (ex) => Object.keys(ex.policy).every((n) => state.techniques.some((t) => t.name === n));
+  const examples = (state.lessons?.examples || []).filter(known);
   if (examples.length) {
     const row = el("div", { class: "examples", role: "group", "aria-label": "Example policies" }, el("span", { class: "muted small", text: "Try: " }));
     for (const ex of examples) {
       const b = el("button", { type: "button", class: "chip", text: ex.label, title: ex.note || JSON.stringify(ex.policy) });
-      b.addEventListener("click", () => applyPolicy(ex.policy));
+      b.addEventListener("click", () => { state.preset = null; applyPolicy(ex.policy); });
       row.append(b);
     }
     ui.techniques.append(row);
   }
+  renderPresets(known);
   for (const t of state.techniques) {
     const onId = `tech-${t.name}`;
-    const toggle = el("input", { type: "checkbox", id: onId, "data-toggle": t.name });
+    const toggle = el("input", { type: "checkbox", id: onId, "data-toggle": t.name, "data-family": t.family || "" });
     const lesson = lessonFor(t.name).lesson || (state.lessons ? state.lessons.fallback : "");
-    const fs = el("fieldset", { "data-technique": t.name },
+    const groups = [...new Set((t.params || []).map((p) => chooseOne(t, p.name)).filter(Boolean))];
+    const fs = el("fieldset", { "data-technique": t.name, "data-family": t.family || "" },
       el("legend", {}, el("label", { for: onId }, toggle, el("span", { text: t.name }), t.family ? el("span", { class: "family", text: t.family, title: state.lessons?.families?.[t.family] || "" }) : null)),
       t.summary ? el("p", { class: "tech-summary", text: t.summary }) : null,
       t.source ? el("p", { class: "tech-source", text: `Source: ${t.source}` }) : null,
+      ...groups.map((g) => el("p", { class: "choose-one", text: g.note || `Give exactly one of ${g.params.join(", ")}.` })),
       el("div", { class: "params" }, ...(t.params || []).map((p) => paramControl(t, p))),
       lesson ? el("p", { class: "tech-lesson", text: lesson }) : null);
     ui.techniques.append(fs);
@@ -237,16 +294,36 @@ function renderTechniques(list) {
   onTechniqueChange();
 }
 
+const useOf = (fs, c) => fs.querySelector(`[data-use="${CSS.escape(c.dataset.param)}"]`);
+
 function onTechniqueChange() {
   for (const fs of ui.techniques.querySelectorAll("fieldset[data-technique]")) {
     const on = fs.querySelector("[data-toggle]").checked;
     fs.classList.toggle("on", on);
-    for (const c of fs.querySelectorAll("[data-param]")) c.disabled = !on || state.busy;
+    for (const u of fs.querySelectorAll("[data-use]")) u.disabled = !on || state.busy;
+    for (const c of fs.querySelectorAll("[data-param]")) {
+      const use = "optional" in c.dataset ? useOf(fs, c) : null;
+      c.disabled = !on || state.busy || (use !== null && !use.checked);
+    }
   }
-  ui.policyJson.textContent = JSON.stringify(composePolicy());
+  const policy = composePolicy();
+  ui.policyJson.textContent = JSON.stringify(policy);
+  showLook(state.preset && policyMatches(state.preset.policy, policy) ? state.preset : null);
 }
 
-/** {technique: {param: value}} from the panel: only the techniques switched on. */
+/** Switching on a technique of an exclusive family (eviction: one at a time) switches the
+ *  others of that family off, so the panel never composes a policy the engine refuses. */
+function onPanelChange(ev) {
+  const t = ev.target;
+  if (t?.matches?.("[data-toggle]") && t.checked && (panelRules().exclusive || []).includes(t.dataset.family)) {
+    for (const other of ui.techniques.querySelectorAll(`[data-toggle][data-family="${CSS.escape(t.dataset.family)}"]`))
+      if (other !== t) other.checked = false;
+  }
+  onTechniqueChange();
+}
+
+/** {technique: {param: value}} from the panel: only the techniques switched on, and of
+ *  their optional parameters only the ones given (ratio OR budget). */
 export function composePolicy() {
   const policy = {};
   for (const fs of ui.techniques.querySelectorAll("fieldset[data-technique]")) {
@@ -254,8 +331,12 @@ export function composePolicy() {
     const params = {};
     for (const c of fs.querySelectorAll("[data-param]")) {
       const kind = c.dataset.kind;
+      const optional = "optional" in c.dataset;
+      if (optional && !useOf(fs, c)?.checked) continue;   // not given: the engine's null
       if (kind === "bool") params[c.dataset.param] = c.checked;
-      else if (c.value.trim() === "") params[c.dataset.param] = null; // the engine says what is wrong
+      // an empty field: the engine says what is wrong (a given optional one goes as typed,
+      // "", so the message names it instead of "neither")
+      else if (c.value.trim() === "") params[c.dataset.param] = optional ? c.value : null;
       else params[c.dataset.param] = kind === "int" || kind === "float" ? Number(c.value) : c.value;
     }
     policy[fs.dataset.technique] = params;
@@ -263,7 +344,9 @@ export function composePolicy() {
   return policy;
 }
 
-/** Set the panel from a policy object (the examples): techniques not named are switched off. */
+/** Set the panel from a policy object (examples, presets): techniques not named are
+ *  switched off, parameters not named take their defaults (optional ones: not given; of a
+ *  choose-one group none of which is named, the first). */
 function applyPolicy(policy) {
   for (const fs of ui.techniques.querySelectorAll("fieldset[data-technique]")) {
     const given = policy[fs.dataset.technique];
@@ -271,12 +354,49 @@ function applyPolicy(policy) {
     const tech = state.techniques.find((t) => t.name === fs.dataset.technique);
     for (const c of fs.querySelectorAll("[data-param]")) {
       const p = tech?.params?.find((q) => q.name === c.dataset.param);
-      const v = given && c.dataset.param in given ? given[c.dataset.param] : p?.default;
+      const has = Boolean(given) && isSet(given[c.dataset.param]);
+      const use = "optional" in c.dataset ? useOf(fs, c) : null;
+      if (use) {
+        const group = chooseOne(tech, c.dataset.param);
+        const noneGiven = !group?.params.some((n) => given && isSet(given[n]));
+        use.checked = has || (Boolean(group) && noneGiven && group.params[0] === c.dataset.param);
+        c.value = String(has ? given[c.dataset.param] : initialValue(tech, p));
+        continue;
+      }
+      const v = has ? given[c.dataset.param] : p?.default;
       if (c.type === "checkbox") c.checked = Boolean(v);
       else c.value = String(v);
     }
   }
   onTechniqueChange();
+}
+
+/** Does the panel's policy say what a preset says (the same techniques, its values)? */
+function policyMatches(preset, policy) {
+  const names = Object.keys(preset);
+  return names.length === Object.keys(policy).length && names.every((n) => policy[n]
+    && Object.entries(preset[n]).every(([k, v]) => policy[n][k] === v));
+}
+
+/** The preset's sentence on what to look for, under the cache map (null: hide it). */
+function showLook(preset) {
+  ui.mapLook.hidden = !preset;
+  ui.mapLook.replaceChildren(...(preset ? [el("strong", { text: `Look for (${preset.label}): ` }), preset.look] : []));
+}
+
+/** The eviction presets (lessons.json): a chip each; applying one shows what to look for. */
+function renderPresets(known) {
+  const presets = (state.lessons?.presets || []).filter(known);
+  ui.presets.replaceChildren();
+  if (!presets.length) return;
+  const row = el("div", { class: "examples", role: "group", "aria-label": "Eviction presets" },
+    el("span", { class: "muted small", text: "Presets (they need a long prompt: try Long text): " }));
+  for (const pr of presets) {
+    const b = el("button", { type: "button", class: "chip preset", text: pr.label, title: pr.look, "data-preset": pr.label });
+    b.addEventListener("click", () => { state.preset = pr; applyPolicy(pr.policy); });
+    row.append(b);
+  }
+  ui.presets.append(row);
 }
 
 function policyLabel(policy) {
@@ -294,7 +414,8 @@ function setButtons() {
   ui.reset.disabled = !ready || state.busy;
   ui.prompt.readOnly = state.busy;
   for (const c of [ui.chat, ui.maxNew, ui.temperature, ui.seed]) c.disabled = state.busy;
-  for (const t of ui.techniques.querySelectorAll("[data-toggle], button.chip")) t.disabled = state.busy;
+  for (const t of document.querySelectorAll("#techniques [data-toggle], #techniques button.chip, #presets button.chip")) t.disabled = state.busy;
+  ui.longText.disabled = !ready || state.busy;
   body.classList.toggle("generating", state.busy);
   onTechniqueChange();
 }
@@ -337,12 +458,23 @@ function clearOutput() {
 
 const barEls = [...ui.bars.querySelectorAll("[data-layer]")];
 
+const sum = (xs) => xs.reduce((a, b) => a + b, 0);
+
+function setBytes(node, n) {
+  node.dataset.bytes = String(n);
+  node.textContent = fmtBytes(n);
+}
+
+/** The meter from a token event or a result: the cache held (rows + index) and, apart, the
+ *  working memory (fp32 staging + step buffers), both as the store reports them. */
 function setMeter(m) {
   const held = m.cache_bytes || 0;
   const fp32 = m.fp32_bytes || 0;
   const fp16 = m.fp16_bytes || 0;
-  ui.total.dataset.bytes = String(held);
-  ui.total.textContent = fmtBytes(held);
+  const index = m.index_bytes || 0;
+  setBytes(ui.total, held);
+  setBytes(ui.index, index);
+  setBytes(ui.working, m.working_bytes || 0);
   ui.fp32.dataset.bytes = String(fp32);
   ui.fp32.textContent = fmtBytes(fp32);
   ui.fp16.dataset.bytes = String(fp16);
@@ -353,20 +485,36 @@ function setMeter(m) {
     const vs16 = r16 >= 1.005 ? `${fmtRatio(r16)}× smaller than fp16` : r16 <= 0.995 ? `${fmtRatio(1 / r16)}× the fp16 size` : "same as fp16";
     ui.ratio.textContent = Math.abs(r32 - 1) < 0.005 ? `the full fp32 cache · ${vs16}` : `${fmtRatio(r32)}× smaller than fp32 · ${vs16}`;
   } else ui.ratio.textContent = "—";
-  $("#stat-tokens").textContent = fmtInt(m.tokens_cached || 0);
-  $("#stat-bpt").textContent = m.tokens_cached ? fmtBytes(held / m.tokens_cached) : "—";
+  const tokens = m.tokens_cached || 0;
+  $("#stat-tokens").textContent = fmtInt(tokens);
+  $("#stat-bpt").textContent = tokens ? fmtBytes(held / tokens) : "—";
+  // live entries per KV head, and the saving split as the engine's `savings` measures it:
+  // eviction = entries appended / kept, quantization = fp32 bytes of the kept / their rows
+  const kept = (m.kept || []).flat();
+  const keptSum = sum(kept);
+  $("#stat-kept").textContent = tokens && kept.length ? fmtInt(keptSum / kept.length) : "—";
+  const evict = m.savings?.eviction ?? (keptSum ? (tokens * kept.length) / keptSum : null);
+  const quant = m.savings?.quantization ?? (held - index > 0 ? (keptSum * 8 * HEAD_DIM) / (held - index) : null);
+  ui.savings.textContent = tokens && evict && quant ? `eviction ${fmtRatio(evict)}× · quantization ${fmtRatio(quant)}×` : "—";
 
   const layers = m.layer_bytes || [];
+  const layerIndex = m.layer_index_bytes || [];
   const partFp32 = fp32 / N_LAYERS / 2; // one layer's K (or V) in fp32 for the same tokens
   barEls.forEach((b, i) => {
     const [k, v] = layers[i] || [0, 0];
+    const ix = layerIndex[i] || 0;
+    const heads = m.kept?.[i] || [];
     b.dataset.kBytes = String(k);
     b.dataset.vBytes = String(v);
+    b.dataset.indexBytes = String(ix);
+    b.dataset.kept = heads.join(",");
     const kh = partFp32 > 0 ? Math.min(1, k / partFp32) : 0;
     const vh = partFp32 > 0 ? Math.min(1, v / partFp32) : 0;
     b.children[0].firstElementChild.style.height = `${(kh * 100).toFixed(1)}%`;
     b.children[1].firstElementChild.style.height = `${(vh * 100).toFixed(1)}%`;
-    b.title = `layer ${i}: K ${fmtBytes(k)} · V ${fmtBytes(v)}${partFp32 ? ` (fp32: ${fmtBytes(partFp32)} each)` : ""}`;
+    b.title = `layer ${i}: K ${fmtBytes(k)} · V ${fmtBytes(v)} · index ${fmtBytes(ix)}`
+      + (heads.length ? ` · kept per KV head ${heads.map(fmtInt).join(" / ")}` : "")
+      + (partFp32 ? ` (fp32: ${fmtBytes(partFp32)} each)` : "");
   });
 }
 
@@ -378,7 +526,7 @@ function setSpeed({ msPerToken, ttft, prefill }) {
 }
 
 function zeroMeter() {
-  setMeter({ cache_bytes: 0, fp32_bytes: 0, fp16_bytes: 0, tokens_cached: 0, layer_bytes: [] });
+  setMeter({ cache_bytes: 0, index_bytes: 0, working_bytes: 0, fp32_bytes: 0, fp16_bytes: 0, tokens_cached: 0, layer_bytes: [], kept: [] });
   for (const id of ["#stat-tps", "#stat-mspt", "#stat-ttft", "#stat-prefill"]) $(id).textContent = "—";
 }
 
@@ -388,13 +536,13 @@ let plot = null;
 let chartQueued = false;
 
 function chartData() {
-  const run = state.run || { x: [], held: [], fp32: [], fp16: [] };
+  const run = state.run || { x: [], held: [], fp32: [], fp16: [], working: [] };
   const ghost = state.ghost;
-  if (!ghost || !ghost.x.length) return [run.x, run.held, run.fp32, run.fp16, run.x.map(() => null)];
+  if (!ghost || !ghost.x.length) return [run.x, run.held, run.fp32, run.fp16, run.x.map(() => null), run.working];
   // align the two runs on one x axis (tokens in the cache)
   const xs = [...new Set([...run.x, ...ghost.x])].sort((a, b) => a - b);
   const at = (xsrc, ysrc) => { const m = new Map(xsrc.map((x, i) => [x, ysrc[i]])); return xs.map((x) => (m.has(x) ? m.get(x) : null)); };
-  return [xs, at(run.x, run.held), at(run.x, run.fp32), at(run.x, run.fp16), at(ghost.x, ghost.held)];
+  return [xs, at(run.x, run.held), at(run.x, run.fp32), at(run.x, run.fp16), at(ghost.x, ghost.held), at(run.x, run.working)];
 }
 
 // tick steps that read well in binary units: 1, 2, 2.5, 5 × 1, 1024, 1024² …
@@ -416,15 +564,16 @@ function makePlot() {
     legend: { live: true },
     scales: { x: { time: false }, y: { range: (u, min, max) => [0, Math.max(max || 0, 1024)] } },
     axes: [
-      { label: "tokens in the cache", labelSize: 18, size: 34, stroke: cssVar("--muted"), grid: { stroke: cssVar("--track") }, ticks: { stroke: cssVar("--line") } },
+      { label: "tokens in context", labelSize: 18, size: 34, stroke: cssVar("--muted"), grid: { stroke: cssVar("--track") }, ticks: { stroke: cssVar("--line") } },
       { values: bytesAxis, size: 78, incrs: BYTE_INCRS, stroke: cssVar("--muted"), grid: { stroke: cssVar("--track") }, ticks: { stroke: cssVar("--line") } },
     ],
     series: [
       { label: "tokens", value: (u, v) => (v == null ? "—" : fmtInt(v)) },
-      { label: "held", points: { show: false }, stroke: cssVar("--accent"), width: 2.5, fill: "rgba(29,111,122,0.08)", value: (u, v) => (v == null ? "—" : fmtBytes(v)), spanGaps: true },
+      { label: "cache held", points: { show: false }, stroke: cssVar("--accent"), width: 2.5, fill: "rgba(29,111,122,0.08)", value: (u, v) => (v == null ? "—" : fmtBytes(v)), spanGaps: true },
       { label: "fp32", points: { show: false }, stroke: cssVar("--fp32"), width: 1.5, dash: [6, 4], value: (u, v) => (v == null ? "—" : fmtBytes(v)), spanGaps: true },
       { label: "fp16", points: { show: false }, stroke: cssVar("--fp16"), width: 1.5, dash: [2, 3], value: (u, v) => (v == null ? "—" : fmtBytes(v)), spanGaps: true },
       { label: "last run", points: { show: false }, stroke: "rgba(29,111,122,0.45)", width: 1.5, dash: [1, 3], value: (u, v) => (v == null ? "—" : fmtBytes(v)), spanGaps: true, show: true },
+      { label: "working memory (not cache)", points: { show: false }, stroke: cssVar("--work"), width: 1.5, dash: [8, 3, 2, 3], value: (u, v) => (v == null ? "—" : fmtBytes(v)), spanGaps: true },
     ],
   };
   return new window.uPlot(opts, chartData(), ui.chart);
@@ -449,6 +598,210 @@ new ResizeObserver(() => {
   if (plot) plot.setSize({ width: Math.max(280, ui.chart.clientWidth), height: 240 });
 }).observe(ui.chart);
 
+// ---- the cache map (a canvas) ----------------------------------------------------------
+//
+// A row per layer, a column per position (the prompt, then the generated tokens); a cell's
+// shade is how many of the layer's KV heads keep the entry: the set bits of its map
+// character (the bit mask '0'..'7' the store's kv_keep_map writes). Drawn in device pixels:
+// with more positions than pixels a column shows the mean over its positions (a thin kept
+// band still shows), with fewer a position spans several columns. At most once a frame.
+
+const MAP_ROW = 5, MAP_GAP = 1;   // CSS px: a layer's row, the gap between rows
+const MAP_STOPS = ["#ebe8df", "#a9d3d8", "#4f9ca7", "#17545d"];   // kept by none … all heads
+const BITS = new Uint8Array(128);  // map character → heads keeping the entry
+for (let c = 0; c < 128; c++) {
+  const v = parseInt(String.fromCharCode(c), 32);
+  BITS[c] = Number.isNaN(v) ? 0 : v.toString(2).split("").filter((b) => b === "1").length;
+}
+const hexRgb = (h) => [1, 3, 5].map((i) => parseInt(h.slice(i, i + 2), 16));
+/** 256 shades, kept share 0 … 1 (ABGR words for ImageData); k/3 lands exactly on a stop. */
+const SHADES = (() => {
+  const stops = MAP_STOPS.map(hexRgb), lut = new Uint32Array(256);
+  for (let i = 0; i < 256; i++) {
+    const f = (i / 255) * (stops.length - 1), j = Math.min(stops.length - 2, Math.floor(f)), t = f - j;
+    const [r, g, b] = [0, 1, 2].map((k) => Math.round(stops[j][k] + (stops[j + 1][k] - stops[j][k]) * t));
+    lut[i] = ((255 << 24) | (b << 16) | (g << 8) | r) >>> 0;
+  }
+  return lut;
+})();
+const shadeIndex = (k, heads) => Math.round((k / heads) * 255);
+const shadeRgb = (i) => [SHADES[i] & 255, (SHADES[i] >> 8) & 255, (SHADES[i] >> 16) & 255];
+let mapQueued = false;
+let mapGeom = { rowH: MAP_ROW, gap: MAP_GAP, dpr: 1 };
+let mapCursor = null;   // the cell the keyboard points at: {layer, pos}
+
+function queueMap() {
+  if (mapQueued) return;
+  mapQueued = true;
+  requestAnimationFrame(drawMap);
+}
+
+function drawMap() {
+  mapQueued = false;
+  const m = state.map, cv = ui.map;
+  const T = m ? m.tokens : 0;
+  const L = m ? m.layers.length : N_LAYERS;
+  const dpr = window.devicePixelRatio || 1;
+  const W = Math.max(1, Math.round((cv.clientWidth || 600) * dpr));
+  const rowH = Math.max(1, Math.round(MAP_ROW * dpr)), gap = Math.max(1, Math.round(MAP_GAP * dpr));
+  const H = L * (rowH + gap) - gap;
+  if (cv.width !== W) cv.width = W;
+  if (cv.height !== H) { cv.height = H; cv.style.height = `${H / dpr}px`; }
+  mapGeom = { rowH, gap, dpr };
+  const ctx = cv.getContext("2d");
+  ctx.clearRect(0, 0, W, H);
+  if (T > 0) {
+    const img = ctx.createImageData(W, H);   // transparent: the gaps show the card
+    const px = new Uint32Array(img.data.buffer);
+    const row = new Uint32Array(W);
+    const scale = 255 / (m.kv_heads || 1);
+    for (let l = 0; l < L; l++) {
+      const s = m.layers[l] || "";
+      for (let x = 0; x < W; x++) {
+        const a = Math.floor((x * T) / W);
+        const b = Math.max(a + 1, Math.floor(((x + 1) * T) / W));
+        let k = 0;
+        for (let p = a; p < b; p++) k += BITS[s.charCodeAt(p)] || 0;
+        row[x] = SHADES[Math.round((k / (b - a)) * scale)];
+      }
+      for (let y = 0, y0 = l * (rowH + gap); y < rowH; y++) px.set(row, (y0 + y) * W);
+    }
+    ctx.putImageData(img, 0, 0);
+    if (m.prompt > 0 && m.prompt < T) {   // where the prompt ends and the generated tokens begin
+      ctx.fillStyle = cssVar("--boundary");
+      ctx.fillRect(Math.min(W - 1, Math.round((m.prompt / T) * W)), 0, Math.max(1, Math.round(dpr)), H);
+    }
+  }
+  state.drawn = m;
+  state.draws += 1;
+  cv.dataset.tokens = String(T);
+  cv.dataset.rows = String(L);
+  cv.dataset.index = m && Number.isFinite(m.index) ? String(m.index) : "";
+  cv.dataset.draws = String(state.draws);
+  ui.mapEmpty.hidden = T > 0;
+  ui.mapEnd.textContent = T ? `position ${fmtInt(T - 1)}` : "";
+  const split = m && m.prompt > 0 && m.prompt < T;
+  ui.mapBoundary.hidden = !split;
+  if (split) {
+    const at = m.prompt / T;
+    ui.mapBoundary.style.left = `${(at * 100).toFixed(2)}%`;
+    ui.mapBoundary.classList.toggle("flip", at > 0.5);
+    ui.mapBoundary.textContent = `prompt ${fmtInt(m.prompt)} · generated ${fmtInt(T - m.prompt)}`;
+  }
+  const text = mapSummaryText(m);
+  ui.mapSummary.textContent = text;
+  cv.setAttribute("aria-label", `Cache map: ${text || "empty"}`);
+  if (mapCursor && m && T) showTipAt(Math.min(mapCursor.layer, L - 1), Math.min(mapCursor.pos, T - 1));
+  else if (!T) hideTip();
+}
+
+function mapSummaryText(m) {
+  if (!m || !m.tokens) return "";
+  const T = m.tokens;
+  const parts = [m.prompt > 0 ? `${fmtInt(T)} positions: ${fmtInt(Math.min(m.prompt, T))} of the prompt, ${fmtInt(Math.max(0, T - m.prompt))} generated`
+    : `${fmtInt(T)} positions`];
+  const kept = (m.kept || []).flat();
+  if (kept.length) {
+    const avg = sum(kept) / kept.length;
+    parts.push(`${fmtInt(avg)} kept per KV head on average (${((100 * avg) / T).toFixed(1)} %)`);
+    const perLayer = m.kept.map((r) => sum(r) / r.length);
+    const lo = Math.min(...perLayer), hi = Math.max(...perLayer);
+    parts.push(hi - lo >= 1 ? `layers keep ${fmtInt(lo)} to ${fmtInt(hi)} per head` : "every layer keeps the same number");
+  }
+  return parts.join(" · ");
+}
+
+/** The cell under a pointer event: {layer, pos} (null outside the drawn map). */
+function mapCellAt(ev) {
+  const m = state.drawn;
+  if (!m || !m.tokens) return null;
+  const r = ui.map.getBoundingClientRect();
+  const x = ev.clientX - r.left, y = ev.clientY - r.top;
+  if (x < 0 || y < 0 || x >= r.width || y >= r.height) return null;
+  const yPx = (y * ui.map.height) / r.height;
+  const pitch = mapGeom.rowH + mapGeom.gap;
+  if (yPx % pitch >= mapGeom.rowH + mapGeom.gap / 2) return null;   // in a gap: nothing
+  return { layer: Math.min(m.layers.length - 1, Math.floor(yPx / pitch)), pos: Math.min(m.tokens - 1, Math.floor((x / r.width) * m.tokens)) };
+}
+
+/** The tooltip of one cell: its token, its position, which heads keep it. */
+function showTipAt(layer, pos) {
+  const m = state.drawn;
+  if (!m || !m.tokens) return hideTip();
+  const mask = parseInt(m.layers[layer]?.[pos] ?? "0", 32) || 0;
+  const heads = [...Array(m.kv_heads).keys()].filter((h) => mask & (1 << h));
+  const where = m.prompt > 0 ? (pos < m.prompt ? "prompt" : "generated") : "";
+  const text = m.texts?.[pos];
+  ui.mapTip.replaceChildren(
+    el("div", {}, el("strong", { text: `layer ${layer}` }), ` · position ${fmtInt(pos)}${where ? ` (${where})` : ""}`),
+    el("div", { class: "tok", text: text === undefined ? "(its text: generate with cacheMap: true)" : JSON.stringify(text) }),
+    el("div", { text: heads.length ? `kept by KV head${heads.length > 1 ? "s" : ""} ${heads.join(", ")} (${heads.length} of ${m.kv_heads})`
+      : `evicted from all ${m.kv_heads} KV heads` }));
+  Object.assign(ui.mapTip.dataset, { layer: String(layer), position: String(pos), mask: String(mask) });
+  ui.mapTip.hidden = false;
+  // beside the cell, inside the frame
+  const fw = ui.mapFrame.clientWidth, cw = ui.map.clientWidth;
+  const cx = ((pos + 0.5) / m.tokens) * cw;
+  const cy = (layer * (mapGeom.rowH + mapGeom.gap)) / mapGeom.dpr;
+  const tw = ui.mapTip.offsetWidth;
+  ui.mapTip.style.left = `${Math.max(0, cx + 14 + tw > fw ? cx - 14 - tw : cx + 14)}px`;
+  ui.mapTip.style.top = `${cy + 10}px`;
+}
+
+function hideTip() {
+  ui.mapTip.hidden = true;
+}
+
+function onMapPointer(ev) {
+  const c = mapCellAt(ev);
+  if (!c) return hideTip();
+  mapCursor = null;
+  showTipAt(c.layer, c.pos);
+}
+
+/** Arrow keys walk the cells (Shift: 10 positions, Home/End: the row's ends). */
+function onMapKey(ev) {
+  const m = state.drawn;
+  if (!m || !m.tokens) return;
+  const c = mapCursor || { layer: 0, pos: 0 };
+  const step = ev.shiftKey ? 10 : 1;
+  const moves = { ArrowLeft: [0, -step], ArrowRight: [0, step], ArrowUp: [-1, 0], ArrowDown: [1, 0], Home: [0, -Infinity], End: [0, Infinity] };
+  if (ev.key === "Escape") { mapCursor = null; hideTip(); return; }
+  if (!(ev.key in moves)) return;
+  ev.preventDefault();
+  const [dl, dp] = moves[ev.key];
+  mapCursor = { layer: Math.max(0, Math.min(m.layers.length - 1, c.layer + dl)), pos: Math.max(0, Math.min(m.tokens - 1, c.pos + dp)) };
+  showTipAt(mapCursor.layer, mapCursor.pos);
+}
+
+/** What the canvas shows, for scripts and tests: the map drawn last and how it is drawn. */
+export function cacheMapView() {
+  const m = state.drawn;
+  const heads = m?.kv_heads || Number(body.dataset.nKvHeads) || 3;
+  return {
+    draws: state.draws, index: m?.index ?? null, tokens: m?.tokens ?? 0, prompt: m?.prompt ?? null,
+    kv_heads: heads, rows: m ? m.layers.length : 0, layers: m ? m.layers.slice() : [], kept: m?.kept ?? [],
+    texts: m?.texts ? m.texts.slice() : [],
+    width: ui.map.width, height: ui.map.height, rowPx: mapGeom.rowH, gapPx: mapGeom.gap,
+    colours: [...Array(heads + 1).keys()].map((k) => shadeRgb(shadeIndex(k, heads))),
+  };
+}
+
+/** A run that did not ask for the map (a script's): read it from the store once it ends. */
+async function refreshMapFromStore(result) {
+  try {
+    const cm = await window.kvlab.cachemap({ positions: false });
+    state.map = { ...cm, index: null, prompt: result?.prompt_ids?.length ?? null, texts: undefined };
+    queueMap();
+  } catch { /* busy again (the next run started): its end refreshes it */ }
+}
+
+for (const sw of document.querySelectorAll("#map-legend .swatch[data-heads]")) {
+  const heads = Number(body.dataset.nKvHeads) || 3;
+  sw.style.background = `rgb(${shadeRgb(shadeIndex(Number(sw.dataset.heads), heads)).join(",")})`;
+}
+new ResizeObserver(() => queueMap()).observe(ui.map);
+
 // ---- generate / stop / reset ---------------------------------------------------------
 //
 // A run starts at its first token event, whoever asked for it: the Generate button, or a
@@ -459,8 +812,8 @@ new ResizeObserver(() => {
 function beginRun() {
   if (state.run && state.run.x.length > 1) state.ghost = { x: state.run.x, held: state.run.held, label: state.run.label };
   const now = performance.now();
-  state.run = { x: [0], held: [0], fp32: [0], fp16: [0], ms: [], count: 0, t0: state.pending?.t0 ?? now, last: now,
-    label: state.pending?.label ?? "a script's run" };
+  state.run = { x: [0], held: [0], fp32: [0], fp16: [0], working: [0], ms: [], count: 0, t0: state.pending?.t0 ?? now, last: now,
+    label: state.pending?.label ?? "a script's run", prompt: null, texts: [], sawMap: false };
   if (!state.pending) startOutput(null, false);   // a script's run: its prompt is not known here
   state.pending = null;
   zeroMeter();
@@ -477,6 +830,8 @@ function onToken(ev) {
   run.held.push(d.cache_bytes);
   run.fp32.push(d.fp32_bytes);
   run.fp16.push(d.fp16_bytes);
+  run.working.push(d.working_bytes);
+  if (d.cache_map) onMapEvent(run, d);
   const now = performance.now();
   if (run.count > 0) run.ms.push(Number.isFinite(d.ms) ? d.ms : now - run.last);
   run.last = now;
@@ -484,6 +839,19 @@ function onToken(ev) {
   const avg = run.ms.length ? run.ms.reduce((a, b) => a + b, 0) / run.ms.length : NaN;
   setSpeed({ msPerToken: avg, ttft: run.count === 1 ? now - run.t0 : undefined });
   drawChart();
+}
+
+/** A token event's map: positions 0..P-1 are the prompt's (their texts come once, with the
+ *  first event), P + i is generated token i (cached once it has been fed back). */
+function onMapEvent(run, d) {
+  run.sawMap = true;
+  if (d.index === 0 || run.prompt === null) {
+    run.prompt = Array.isArray(d.prompt_tokens) ? d.prompt_tokens.length : d.tokens_cached - d.index;
+    if (Array.isArray(d.prompt_tokens)) run.texts = d.prompt_tokens.slice();
+  }
+  if (typeof d.token_text === "string") run.texts[run.prompt + d.index] = d.token_text;
+  state.map = { ...d.cache_map, index: d.index, prompt: run.prompt, texts: run.texts };
+  queueMap();
 }
 
 function onDone(ev) {
@@ -501,8 +869,10 @@ function showResult(r) {
   finishOutput(r);
   if (r.tokens_cached && run.x[run.x.length - 1] !== r.tokens_cached) {
     run.x.push(r.tokens_cached); run.held.push(r.cache_bytes); run.fp32.push(r.fp32_bytes); run.fp16.push(r.fp16_bytes);
+    run.working.push(r.working_bytes);
   }
   drawChart();
+  if (!run.sawMap) setTimeout(() => refreshMapFromStore(r), 0);   // after kvlab.generate has returned
 }
 
 async function onGenerate(ev) {
@@ -519,6 +889,7 @@ async function onGenerate(ev) {
     policy: composePolicy(),
     temperature: Number(ui.temperature.value || 0),
     seed: Number(ui.seed.value || 0),
+    cacheMap: true,   // every token event carries the map
   };
   const before = { output: [...ui.output.childNodes], status: ui.outputStatus.textContent };
   state.pending = { label: policyLabel(args.policy), t0: performance.now() };
@@ -571,9 +942,28 @@ function resetView() {
   state.run = null;
   state.ghost = null;
   state.pending = null;
+  state.map = null;
+  mapCursor = null;
   zeroMeter();
   clearOutput();
   drawChart();
+  queueMap();
+}
+
+/** Long text: about 1,000 tokens of real text (the harness's), for eviction to act on. */
+async function onLongText() {
+  if (state.busy || !window.kvlab) return;
+  ui.longText.disabled = true;
+  try {
+    const t = await window.kvlab.sampleText({ tokens: 1000 });
+    ui.prompt.value = t.text;
+    ui.chat.checked = false;
+    showMessage(`The prompt is now about ${fmtInt(t.tokens)} tokens of CPython's reference documentation (${t.sources.map((s) => s.name).join(", ")}), without the chat template: the model continues the text.`);
+  } catch (err) {
+    showMessage((err && err.message) || String(err), "error");
+  } finally {
+    setButtons();
+  }
 }
 
 // ---- lessons -------------------------------------------------------------------------
@@ -611,10 +1001,15 @@ window.addEventListener("kvlab:done", onDone);
 window.addEventListener("kvlab:reset", () => { if (!state.busy) resetView(); });
 
 ui.form.addEventListener("submit", onGenerate);
-ui.techniques.addEventListener("change", onTechniqueChange);
+ui.techniques.addEventListener("change", onPanelChange);
 ui.techniques.addEventListener("input", onTechniqueChange);
 ui.stop.addEventListener("click", onStop);
 ui.reset.addEventListener("click", onReset);
+ui.longText.addEventListener("click", onLongText);
+ui.map.addEventListener("pointermove", onMapPointer);
+ui.map.addEventListener("pointerleave", () => { if (!mapCursor) hideTip(); });
+ui.map.addEventListener("keydown", onMapKey);
+ui.map.addEventListener("blur", () => { mapCursor = null; hideTip(); });
 ui.prompt.addEventListener("keydown", (e) => {
   if (e.key === "Enter" && (e.ctrlKey || e.metaKey)) { e.preventDefault(); onGenerate(); }
 });
@@ -626,5 +1021,6 @@ zeroMeter();
 setButtons();
 loadLessons();
 drawChart();
+queueMap();
 // the runtime may have finished before this module ran: catch up from window.kvlab
 if (body.dataset.state === "ready" && window.kvlab?.info) onReady({ detail: window.kvlab.info });

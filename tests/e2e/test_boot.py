@@ -31,7 +31,10 @@ def test_boots_offline_to_ready(browser):
     assert info["store"] == "simd"  # Chromium has WebAssembly SIMD
     assert info["crossOriginIsolated"] is True and info["threads"] >= 1
     assert info["config"]["n_layers"] == 30
-    assert [t["name"] for t in info["techniques"]] == ["quant"]
+    from kvlab.techniques import REGISTRY
+
+    assert [t["name"] for t in info["techniques"]] == list(REGISTRY)
+    assert info["profile"] is True  # the head profile reached the engine (pyramidkv, compresskv, duo)
     assert set(info["versions"]) >= {"pyodide", "ort", "uplot", "kvlab"}
     steps = browser.page.evaluate("Object.keys(kvlab.progress)")
     assert set(steps) >= {"check", "manifest", "python", "engine", "model", "session", "store", "ready"}
