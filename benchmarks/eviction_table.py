@@ -91,7 +91,7 @@ def render(args) -> None:
     cols = sorted({(r["task"], r["context"], r.get("question")) for r in rows},
                   key=lambda c: (c[1], ["ppl", "needle", "multi-needle", "multi-hop"].index(c[0]), c[2] or ""))
     by = {key_of(r): r["result"] for r in rows}
-    head = ["technique", "kept", "×fp32"]
+    head = ["technique", "kept", "×fp32 (retrieval)"]
     for task, ctx, q in cols:
         head.append(f"{task} {ctx}" + (f" (question {q})" if q else " KL / top-1 / PPL"))
     print("| " + " | ".join(head) + " |")
@@ -104,14 +104,15 @@ def render(args) -> None:
             if res is None:
                 cells.append("")
                 continue
-            ratio = ratio or res["ratio_vs_fp32"]
+            if task != "ppl" and ratio is None:  # the bytes of the prompt itself (ppl also keeps 256 more)
+                ratio = res["ratio_vs_fp32"]
             if task == "ppl":
                 cells.append(f"{res['kld_vs_full']:.4f} / {res['top1_agreement']:.3f} / {res['score']:.2f}")
             else:
                 extra = f" ({res['crossovers']} cross)" if res.get("crossovers") else ""
                 cells.append(f"{res['score']:.1f}{extra}")
         name = f"`{tech}`" + (" + q4/q4" if quant else "")
-        print(f"| {name} | {keep:.0%} | {ratio:.1f} | " + " | ".join(cells) + " |")
+        print(f"| {name} | {keep:.0%} | {'' if ratio is None else f'{ratio:.1f}'} | " + " | ".join(cells) + " |")
 
 
 def main() -> None:
