@@ -31,8 +31,7 @@ class Duo(Eviction):
         )
 
     def check(self, p: dict) -> None:
-        if p["budget"] is not None and p["budget"] <= p["sinks"]:
-            raise PolicyError(f"duo.budget must be more than sinks ({p['sinks']}), got {p['budget']}")
+        self.budget_above(p, "sinks")
 
     def check_context(self, p: dict, ctx) -> None:
         if not (ctx.profile and "retrieval" in ctx.profile.get("metrics", {})):

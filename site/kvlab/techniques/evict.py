@@ -53,6 +53,11 @@ class Eviction(Technique):
     def check(self, p: dict) -> None:
         """Refuse parameters that cannot work together (PolicyError)."""
 
+    def budget_above(self, p: dict, what: str) -> None:
+        """Refuse a budget that leaves nothing beyond the protected ``what`` entries."""
+        if p["budget"] is not None and p["budget"] <= p[what]:
+            raise PolicyError(f"{self.name}.budget must be more than {what} ({p[what]}), got {p['budget']}")
+
     def example(self) -> dict:
         return {"ratio": 0.5}
 
@@ -90,7 +95,7 @@ class Eviction(Technique):
         self.observe(store, p, ctx, step)
         sinks, recent = self.protect(p)
         if p["budget"] is not None and self.rolling:
-            if not self.ready(p, step) or max(store.tokens(i) for i in range(store.n_layers)) <= p["budget"]:
+            if not self.ready(p, step) or max(max(r[3:]) for r in store.meter()) <= p["budget"]:
                 return
             self.score(store, p, ctx, step)
             ev["evicted"] += store.select(self.budgets(store, p, ctx, store.tokens(-1), p["budget"]), sinks, recent)

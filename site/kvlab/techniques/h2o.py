@@ -14,7 +14,7 @@ Large Language Models" (NeurIPS 2023); seed 001's observation 3 (heavy hitters).
 
 from __future__ import annotations
 
-from .base import Param, PolicyError
+from .base import Param
 from .evict import Eviction
 
 
@@ -29,8 +29,7 @@ class H2O(Eviction):
         )
 
     def check(self, p: dict) -> None:
-        if p["budget"] is not None and p["budget"] <= p["recent"]:
-            raise PolicyError(f"h2o.budget must be more than recent ({p['recent']}), got {p['budget']}")
+        self.budget_above(p, "recent")
 
     def protect(self, p: dict) -> tuple[int, int]:
         return 0, p["recent"]

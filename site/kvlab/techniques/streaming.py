@@ -12,7 +12,7 @@ the baseline of seeds 001 and 004.
 
 from __future__ import annotations
 
-from .base import Param, PolicyError
+from .base import Param
 from .evict import Eviction
 
 
@@ -27,8 +27,7 @@ class Streaming(Eviction):
         )
 
     def check(self, p: dict) -> None:
-        if p["budget"] is not None and p["budget"] <= p["sinks"]:
-            raise PolicyError(f"streaming.budget must be more than sinks ({p['sinks']}), got {p['budget']}")
+        self.budget_above(p, "sinks")
 
     def protect(self, p: dict) -> tuple[int, int]:
         return p["sinks"], 0
