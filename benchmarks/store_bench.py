@@ -66,7 +66,7 @@ def kernel_table(d: Path) -> None:
     print(f"  kv_memcpy baseline: {memcpy:6.2f} GB/s\n")
     print(f"  {'format':<8}{'G':>4}  {'quantize GB/s':>22}  {'dequantize GB/s':>22}")
     print(f"  {'':<8}{'':>4}  {'simd':>10} {'scalar':>10} {'x':>2}  {'simd':>10} {'scalar':>10} {'x':>2}")
-    for fmt in (formats.F32, formats.F16, formats.Q8, formats.Q4):
+    for fmt in formats.NAMES:
         for G in (32,) if fmt in (formats.F32, formats.F16) else formats.GROUP_SIZES:
             q, dq = {}, {}
             for name, (m, src, dst, out) in mods.items():
@@ -108,7 +108,8 @@ def step_table(d: Path) -> None:
     print(f"best of {rounds} means over {steps} steps, CPU microseconds; then a 256-token prefill, per token")
     print(f"  {'K/V':<8} {'build':<7} {'128 tok':>9} {'512 tok':>9} {'2048 tok':>9}   {'prefill/token':>16}")
     rng = np.random.default_rng(1)
-    for kv in (("f32", "f32"), ("f16", "f16"), ("q8", "q8"), ("q4", "q4"), ("q4", "q8")):
+    for kv in (("f32", "f32"), ("f16", "f16"), ("q8", "q8"), ("q4", "q4"), ("q4", "q8"), ("q3", "q3"), ("q2", "q2"),
+               ("q4_0", "q4_0")):
         for name in (SIMD_NAME, SCALAR_NAME):
             cells = []
             for target in (128, 512, 2048):

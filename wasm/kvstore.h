@@ -22,7 +22,7 @@
 #define KV_EXPORT(name) __attribute__((export_name(#name), visibility("default")))
 
 // ABI version: bump when an export, the step table or a byte layout changes.
-#define KV_VERSION 4
+#define KV_VERSION 5
 
 // ---------------------------------------------------------------------------------------
 // Error codes (mirrored in site/kvlab/formats.py: ERRORS)
@@ -39,14 +39,16 @@
 
 // One value of this enum per storage format. Quantized formats work on groups of G
 // consecutive values along head_dim, per token and per KV head (G in {16, 32, 64}).
-// Room is left for later formats: 4 = Q3, 5 = Q2 (group-wise, like Q4), and per-channel
-// key formats (KIVI) that group along tokens instead; they take the next numbers.
+// Per-channel key formats (KIVI) and the rotated codebook formats take the next numbers.
 typedef enum {
-    KV_F32 = 0, // IEEE float32, 4 bytes per value
-    KV_F16 = 1, // IEEE half, round-to-nearest-even (== numpy astype(float16))
-    KV_Q8 = 2,  // per group: fp16 scale + G int8 (llama.cpp Q8_0-style)
-    KV_Q4 = 3,  // per group: fp16 step + fp16 min + G/2 nibble bytes (Q4_1-style)
-    KV_N_FORMATS = 4,
+    KV_F32 = 0,  // IEEE float32, 4 bytes per value
+    KV_F16 = 1,  // IEEE half, round-to-nearest-even (== numpy astype(float16))
+    KV_Q8 = 2,   // per group: fp16 scale + G int8 (llama.cpp Q8_0-style)
+    KV_Q4 = 3,   // per group: fp16 step + fp16 min + G/2 nibble bytes (Q4_1-style)
+    KV_Q3 = 4,   // per group: fp16 step + fp16 min + 3G/8 bytes of 3-bit codes
+    KV_Q2 = 5,   // per group: fp16 step + fp16 min + G/4 bytes of 2-bit codes
+    KV_Q4_0 = 6, // per group: fp16 scale + G/2 nibble bytes, symmetric (llama.cpp Q4_0)
+    KV_N_FORMATS = 7,
 } kv_format;
 
 #define KV_GROUP_MIN 16
@@ -92,6 +94,39 @@ _Static_assert(sizeof(block_q4) == 4, "q4 header is two fp16");
 #define Q4_BLOCK_BYTES(G) (sizeof(block_q4) + (size_t)(G) / 2)
 _Static_assert(Q4_BLOCK_BYTES(32) == 20, "q4 G=32 block is 20 bytes");
 
+// ---- Q3, Q2: asymmetric 3- and 2-bit, Q4's rule with 7 and 3 levels (lowbit.c)
+//
+//   m, d as Q4 with d = fp16(min((max(x) - m) / L, 65504)), L = 7 (Q3) or 3 (Q2)
+//   q  = clamp(nearest((x - m) * id), 0, L),  x' = q * d + m
+//
+// The codes are packed in bit planes: Q2's G/4 bytes hold code j + s*G/4 in bits 2s, 2s+1
+// of byte j; Q3 holds bits 0-1 of its codes the same way, then G/8 bytes with bit 2 of code
+// j + s*G/8 in bit s of byte j.
+typedef struct {
+    uint16_t d;   // fp16 step
+    uint16_t m;   // fp16 minimum (rounded toward -inf)
+    uint8_t qs[]; // Q3: G/4 bytes (bits 0-1) + G/8 bytes (bit 2); Q2: G/4 bytes
+} block_qlow;
+_Static_assert(sizeof(block_qlow) == 4, "q3/q2 header is two fp16");
+#define Q3_BLOCK_BYTES(G) (sizeof(block_qlow) + (size_t)(G) / 4 + (size_t)(G) / 8)
+#define Q2_BLOCK_BYTES(G) (sizeof(block_qlow) + (size_t)(G) / 4)
+_Static_assert(Q3_BLOCK_BYTES(32) == 16, "q3 G=32 block is 16 bytes (4 bits per value)");
+_Static_assert(Q2_BLOCK_BYTES(32) == 12, "q2 G=32 block is 12 bytes (3 bits per value)");
+
+// ---- Q4_0: symmetric 4-bit (llama.cpp's q4_0, 18 bytes per 32 values there and here)
+//
+//   e  = max(x) if max(x) >= -min(x), else min(x)   the group's extreme value
+//   d  = fp16(clamp(e / -8, -65504, 65504))          negative when e > 0
+//   id = (d == 0) ? 0 : 1 / d
+//   q  = clamp(nearest(x * id), -8, 7) + 8,  x' = (q - 8) * d
+typedef struct {
+    uint16_t d;   // fp16 scale
+    uint8_t qs[]; // G/2 bytes, nibbles as Q4
+} block_q4_0;
+_Static_assert(sizeof(block_q4_0) == 2, "q4_0 header is one fp16");
+#define Q4_0_BLOCK_BYTES(G) (sizeof(block_q4_0) + (size_t)(G) / 2)
+_Static_assert(Q4_0_BLOCK_BYTES(32) == 18, "q4_0 G=32 block is 18 bytes, as llama.cpp's");
+
 // The formats assume |x| <= 65504 (the fp16 range). Larger values saturate the scale (and
 // F16 turns them into inf, as numpy does); KV values of a real model are far below that.
 
@@ -113,6 +148,11 @@ int32_t kv_valid_format(int32_t fmt, int32_t group, int32_t n);   // 1 if usable
 size_t kv_row_bytes(int32_t fmt, int32_t group, int32_t n);       // bytes for n values
 void kv_quantize_row(int32_t fmt, int32_t group, const float *x, int32_t n, uint8_t *dst);
 void kv_dequantize_row(int32_t fmt, int32_t group, const uint8_t *src, int32_t n, float *y);
+
+// lowbit.c: Q3, Q2 and Q4_0 rows (n a multiple of group)
+size_t kv_lowbit_block_bytes(int32_t fmt, int32_t group);
+void kv_lowbit_quantize_row(int32_t fmt, int32_t group, const float *x, int32_t n, uint8_t *dst);
+void kv_lowbit_dequantize_row(int32_t fmt, int32_t group, const uint8_t *src, int32_t n, float *y);
 
 // sample.c: scratch for n sampling candidates (kept; grows only)
 int32_t kv_sample_reserve(int32_t n);

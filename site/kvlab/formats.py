@@ -11,6 +11,12 @@ head_dim (see the README (section "The KV store") for the table)::
     q8   head_dim/G blocks of [fp16 d][G x int8]               2 + G bytes
     q4   head_dim/G blocks of [fp16 d][fp16 m][G/2 x u8]       4 + G/2 bytes
          (element j in the low nibble of byte j, element j + G/2 in the high nibble)
+    q3   head_dim/G blocks of [fp16 d][fp16 m][G/4][G/8 x u8]  4 + 3G/8 bytes
+         (bits 0-1 of code j + s*G/4 in bits 2s, 2s+1 of byte j; then bit 2 of code
+         j + s*G/8 in bit s of byte j of the last G/8)
+    q2   head_dim/G blocks of [fp16 d][fp16 m][G/4 x u8]       4 + G/4 bytes (as q3's first part)
+    q4_0 head_dim/G blocks of [fp16 d][G/2 x u8]               2 + G/2 bytes, symmetric
+         (d = extreme / -8; nibbles as q4)
 """
 
 from __future__ import annotations
@@ -23,18 +29,24 @@ F32 = 0
 F16 = 1
 Q8 = 2
 Q4 = 3
-# reserved for later formats: 4 = Q3, 5 = Q2 (group-wise), then per-channel key formats
+Q3 = 4
+Q2 = 5
+Q4_0 = 6
+# the next numbers: per-channel key formats and the rotated codebook formats
 
-NAMES = {F32: "f32", F16: "f16", Q8: "q8", Q4: "q4"}
+NAMES = {F32: "f32", F16: "f16", Q8: "q8", Q4: "q4", Q3: "q3", Q2: "q2", Q4_0: "q4_0"}
 BY_NAME = {v: k for k, v in NAMES.items()}
-BITS = {F32: 32, F16: 16, Q8: 8, Q4: 4}  # payload bits per value (scales not included)
-BY_BITS = {v: k for k, v in BITS.items()}
+BITS = {F32: 32, F16: 16, Q8: 8, Q4: 4, Q3: 3, Q2: 2, Q4_0: 4}  # payload bits per value (scales not included)
+# k_bits / v_bits name the asymmetric group-wise format of that width; q4_0 is asked by name
+BY_BITS = {32: F32, 16: F16, 8: Q8, 4: Q4, 3: Q3, 2: Q2}
+# llama.cpp's -ctk / -ctv type of the same layout, where it has one
+LLAMA_CPP = {F32: "f32", F16: "f16", Q8: "q8_0", Q4: "q4_1", Q4_0: "q4_0"}
 
 GROUP_SIZES = (16, 32, 64)
 GROUP_DEFAULT = 32
 
 # Per-group header bytes and payload bytes of the block formats
-_HEADER = {Q8: 2, Q4: 4}  # fp16 d; fp16 d + fp16 m
+_HEADER = {Q8: 2, Q4: 4, Q3: 4, Q2: 4, Q4_0: 2}  # fp16 d (+ fp16 m for the asymmetric ones)
 
 
 def fmt(x: int | str) -> int:
@@ -49,7 +61,7 @@ def fmt(x: int | str) -> int:
 
 
 def from_bits(bits: int) -> int:
-    """32 -> F32, 16 -> F16, 8 -> Q8, 4 -> Q4."""
+    """32 -> F32, 16 -> F16, 8 -> Q8, 4 -> Q4, 3 -> Q3, 2 -> Q2."""
     if bits not in BY_BITS:
         raise ValueError(f"no format stores {bits} bits; known: {sorted(BY_BITS)}")
     return BY_BITS[bits]

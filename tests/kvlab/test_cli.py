@@ -38,7 +38,7 @@ def test_generate_json_has_the_contract(bundle):
     assert len(res["bytes_per_step"]) == len(res["ids"])
     assert res["bytes_per_step"] == sorted(res["bytes_per_step"])  # no eviction: it only grows
     assert 0 < res["cache_bytes"] < res["fp16_bytes"] < res["fp32_bytes"]
-    assert res["policy"] == {"quant": {"k_bits": 4, "v_bits": 8, "group_size": 32}}
+    assert res["policy"] == {"quant": {"k_bits": 4, "v_bits": 8, "group_size": 32, "k_format": None, "v_format": None}}
 
 
 @pytest.mark.parametrize(
@@ -50,7 +50,8 @@ def test_generate_json_has_the_contract(bundle):
         (["--prompt", "hi", "--max-new-tokens", "0"], 2, "max_new_tokens"),
         (["--prompt", "hi", "--policy", '{"quant": {"bits": 4}}'], 2, "unknown parameter 'bits'"),
         (["--prompt", "hi", "--policy", '{"evict": {}}'], 2, "unknown technique 'evict'"),
-        (["--prompt", "hi", "--policy", '{"quant": {"k_bits": 3}}'], 2, "must be one of"),
+        (["--prompt", "hi", "--policy", '{"quant": {"k_bits": 5}}'], 2, "must be one of"),
+        (["--prompt", "hi", "--policy", '{"quant": {"k_format": "q4_0", "k_bits": 2}}'], 2, "give one of the two"),
         (["--prompt", "hi", "--policy", '{"quant": {"v_bits": 64}}'], 2, "must be one of"),
         (["--prompt", "hi", "--policy", "{quant"], 2, "not valid JSON"),
         (["--prompt", "hi", "--temperature", "-1"], 2, "temperature"),

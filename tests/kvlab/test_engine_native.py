@@ -83,7 +83,8 @@ def test_chunked_prefill_reads_the_same(engine, monkeypatch):
         dict(prompt="hi", temperature=float("nan")),
         dict(prompt="hi", top_k=-1),
         dict(prompt="hi", seed=-1),
-        dict(prompt="hi", policy={"quant": {"k_bits": 2}}),
+        dict(prompt="hi", policy={"quant": {"k_bits": 5}}),
+        dict(prompt="hi", policy={"quant": {"v_format": "q1"}}),
         dict(prompt="word " * 8200),
     ],
 )

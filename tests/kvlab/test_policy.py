@@ -56,7 +56,9 @@ def test_every_param_rejects_garbage(name):
     [
         ({"nope": {}}, "unknown technique 'nope'"),
         ({"quant": {"kbits": 4}}, "unknown parameter 'kbits'"),
-        ({"quant": {"k_bits": 5}}, "quant.k_bits must be one of 32, 16, 8, 4"),
+        ({"quant": {"k_bits": 5}}, "quant.k_bits must be one of 32, 16, 8, 4, 3, 2"),
+        ({"quant": {"k_format": "q5_0"}}, "quant.k_format must be one of"),
+        ({"quant": {"k_format": "q4_0", "k_bits": 8}}, "stores 4 bits, but k_bits says 8"),
         ({"quant": {"v_bits": 2.5}}, "whole number"),
         ({"quant": {"k_bits": True}}, "must be a number"),
         ({"quant": {"group_size": 48}}, "quant.group_size must be one of 16, 32, 64"),
@@ -72,6 +74,33 @@ def test_bad_policies_say_what_is_wrong(policy, words):
 
 
 def test_quant_accepts_every_bit_pair():
-    for k in (32, 16, 8, 4):
-        for v in (32, 16, 8, 4):
+    for k in (32, 16, 8, 4, 3, 2):
+        for v in (32, 16, 8, 4, 3, 2):
             assert parse_policy({"quant": {"k_bits": k, "v_bits": v}})["quant"]["k_bits"] == k
+
+
+def test_quant_formats_by_name_or_width():
+    from kvlab import formats
+    from kvlab.techniques.quant import Quant
+
+    for name, f in formats.BY_NAME.items():
+        p = parse_policy({"quant": {"k_format": name, "v_format": name}})["quant"]
+        assert Quant.formats_of(p) == (f, f)
+    p = parse_policy({"quant": {"k_format": "q4_0", "k_bits": 4, "v_bits": 2}})["quant"]  # the width agrees
+    assert Quant.formats_of(p) == (formats.Q4_0, formats.Q2)
+    assert Quant.formats_of(parse_policy({"quant": {"k_bits": 3}})["quant"]) == (formats.Q3, formats.F32)
+
+
+def test_every_example_and_preset_of_the_page_is_a_valid_policy():
+    """The page's lessons.json names policies as data: each must parse, and each parameter
+    it explains must exist."""
+    import json
+    from pathlib import Path
+
+    lessons = json.loads((Path(__file__).resolve().parents[2] / "site" / "static" / "lessons.json").read_text())
+    shown = lessons["examples"] + lessons["presets"]
+    assert len(shown) >= 10
+    for item in shown:
+        parse_policy(item["policy"])
+    for name, lesson in lessons["techniques"].items():
+        assert set(lesson.get("params", {})) <= {p.name for p in REGISTRY[name].params}, name

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-F32, F16, Q8, Q4 = 0, 1, 2, 3
+F32, F16, Q8, Q4, Q3, Q2, Q4_0 = 0, 1, 2, 3, 4, 5, 6
 F16_MAX = np.float32(65504.0)
 MASK_EMPTY = np.float32(-1e9)
 
@@ -88,13 +88,13 @@ def dequantize_q8(data: bytes, G: int) -> np.ndarray:
 # ---------------------------------------------------------------------------------------
 
 
-def q4_params(g: np.ndarray):
-    """(groups, G) -> d16, m16 (groups,) uint16; df, mf, id (groups,) f32."""
+def q4_params(g: np.ndarray, levels: int = 15):
+    """(groups, G) -> d16, m16 (groups,) uint16; df, mf, id (groups,) f32 (Q3, Q2: levels 7, 3)."""
     mn = np.clip(g.min(axis=1) + np.float32(0.0), -F16_MAX, F16_MAX)  # + 0: -0 -> +0
     mx = g.max(axis=1)
     m16 = f16_floor_bits(mn)
     mf = f16_value(m16)
-    d = np.clip((mx - mf) / np.float32(15.0), np.float32(0.0), F16_MAX) + np.float32(0.0)
+    d = np.clip((mx - mf) / np.float32(levels), np.float32(0.0), F16_MAX) + np.float32(0.0)
     d16 = f16_bits(d)
     df = f16_value(d16)
     return d16, m16, df, mf, _inv(df)
@@ -122,12 +122,97 @@ def dequantize_q4(data: bytes, G: int) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------------------
+# Bit planes (Q3, Q2, Q4_0): a plane of b bits holds codes j, j + P, j + 2P, ... of a group
+# in bits 0, b, 2b, ... of its byte j (P = G * b / 8, the plane's length)
+# ---------------------------------------------------------------------------------------
+
+
+def pack_planes(q: np.ndarray, bits: int) -> np.ndarray:
+    """(groups, G) uint8 fields < 2^bits -> (groups, G * bits / 8) uint8."""
+    planes = 8 // bits
+    parts = q.reshape(q.shape[0], planes, -1).astype(np.uint16)  # (groups, planes, P)
+    out = np.zeros((q.shape[0], parts.shape[2]), np.uint16)
+    for s in range(planes):
+        out |= parts[:, s] << (s * bits)
+    return out.astype(np.uint8)
+
+
+def unpack_planes(b: np.ndarray, bits: int) -> np.ndarray:
+    """(groups, P) uint8 -> (groups, P * 8 / bits) uint8 fields."""
+    planes = 8 // bits
+    return np.concatenate([(b >> (s * bits)) & ((1 << bits) - 1) for s in range(planes)], axis=1)
+
+
+# ---------------------------------------------------------------------------------------
+# Q3, Q2: [fp16 d][fp16 m][planes]: Q4's rule with 7 and 3 levels
+# ---------------------------------------------------------------------------------------
+
+LEVELS = {Q3: 7, Q2: 3}
+
+
+def quantize_low(x: np.ndarray, G: int, fmt: int) -> bytes:
+    """(n,) f32 -> n/G blocks: Q2 4 + G/4 bytes, Q3 4 + G/4 + G/8 (bits 0-1, then bit 2)."""
+    g = np.asarray(x, np.float32).reshape(-1, G)
+    d16, m16, _, mf, inv = q4_params(g, LEVELS[fmt])
+    q = np.clip(np.rint((g - mf[:, None]) * inv[:, None]), 0, LEVELS[fmt]).astype(np.uint8)
+    hdr = np.stack([d16, m16], axis=1).astype("<u2").view(np.uint8)
+    parts = [hdr, pack_planes(q & 3, 2)] + ([pack_planes(q >> 2, 1)] if fmt == Q3 else [])
+    return np.concatenate(parts, axis=1).tobytes()
+
+
+def dequantize_low(data: bytes, G: int, fmt: int) -> np.ndarray:
+    """n/G blocks -> (n,) f32: x' = q * d + m."""
+    b = np.frombuffer(data, np.uint8).reshape(-1, 4 + G // 4 + (G // 8 if fmt == Q3 else 0))
+    hdr = b[:, :4].copy().view("<u2")
+    df, mf = f16_value(hdr[:, 0]), f16_value(hdr[:, 1])
+    q = unpack_planes(b[:, 4 : 4 + G // 4], 2)
+    if fmt == Q3:
+        q = q | (unpack_planes(b[:, 4 + G // 4 :], 1) << 2)
+    return (q.astype(np.float32) * df[:, None] + mf[:, None]).reshape(-1)
+
+
+# ---------------------------------------------------------------------------------------
+# Q4_0: [fp16 d][G/2 nibble bytes], symmetric: d = fp16(e / -8), e the group's extreme
+# ---------------------------------------------------------------------------------------
+
+
+def q40_params(g: np.ndarray):
+    """(groups, G) -> d16 (groups,) uint16, df (groups,) f32, id (groups,) f32."""
+    mn, mx = g.min(axis=1), g.max(axis=1)
+    e = np.where(-mn > mx, mn, mx) + np.float32(0.0)
+    d = np.clip(e / np.float32(-8.0), -F16_MAX, F16_MAX)
+    d16 = f16_bits(d)
+    df = f16_value(d16)
+    inv = np.zeros_like(df)
+    np.divide(np.float32(1.0), df, out=inv, where=df != 0)
+    return d16, df, inv
+
+
+def quantize_q4_0(x: np.ndarray, G: int) -> bytes:
+    """(n,) f32 -> n/G blocks of 2 + G/2 bytes."""
+    g = np.asarray(x, np.float32).reshape(-1, G)
+    d16, _, inv = q40_params(g)
+    q = (np.clip(np.rint(g * inv[:, None]), -8, 7) + 8).astype(np.uint8)
+    hdr = d16.astype("<u2").view(np.uint8).reshape(-1, 2)
+    return np.concatenate([hdr, pack_planes(q, 4)], axis=1).tobytes()
+
+
+def dequantize_q4_0(data: bytes, G: int) -> np.ndarray:
+    """n/G blocks -> (n,) f32: x' = (q - 8) * d."""
+    b = np.frombuffer(data, np.uint8).reshape(-1, 2 + G // 2)
+    df = f16_value(b[:, :2].copy().view("<u2")[:, 0])
+    q = unpack_planes(b[:, 2:], 4).astype(np.int32) - 8
+    return (q.astype(np.float32) * df[:, None]).reshape(-1)
+
+
+# ---------------------------------------------------------------------------------------
 # Any format
 # ---------------------------------------------------------------------------------------
 
 
 def row_bytes(fmt: int, G: int, n: int) -> int:
-    return {F32: 4 * n, F16: 2 * n, Q8: n // G * (2 + G), Q4: n // G * (4 + G // 2)}[fmt]
+    per_group = {Q8: 2 + G, Q4: 4 + G // 2, Q3: 4 + G // 4 + G // 8, Q2: 4 + G // 4, Q4_0: 2 + G // 2}
+    return {F32: 4 * n, F16: 2 * n}[fmt] if fmt in (F32, F16) else n // G * per_group[fmt]
 
 
 def quantize(fmt: int, G: int, x: np.ndarray) -> bytes:
@@ -137,7 +222,9 @@ def quantize(fmt: int, G: int, x: np.ndarray) -> bytes:
         return x.tobytes()
     if fmt == F16:
         return f16_bits(x).astype("<u2").tobytes()
-    return {Q8: quantize_q8, Q4: quantize_q4}[fmt](x, G)
+    if fmt in LEVELS:
+        return quantize_low(x, G, fmt)
+    return {Q8: quantize_q8, Q4: quantize_q4, Q4_0: quantize_q4_0}[fmt](x, G)
 
 
 def dequantize(fmt: int, G: int, data: bytes) -> np.ndarray:
@@ -146,7 +233,9 @@ def dequantize(fmt: int, G: int, data: bytes) -> np.ndarray:
         return np.frombuffer(data, np.float32).copy()
     if fmt == F16:
         return f16_value(np.frombuffer(data, "<u2"))
-    return {Q8: dequantize_q8, Q4: dequantize_q4}[fmt](data, G)
+    if fmt in LEVELS:
+        return dequantize_low(data, G, fmt)
+    return {Q8: dequantize_q8, Q4: dequantize_q4, Q4_0: dequantize_q4_0}[fmt](data, G)
 
 
 def roundtrip(fmt: int, G: int, x: np.ndarray) -> np.ndarray:
@@ -168,8 +257,11 @@ def error_budget(fmt: int, G: int, x: np.ndarray) -> np.ndarray:
     f32: 0. f16: half an fp16 ulp (2^-11 relative, 2^-25 absolute in the subnormals).
     q8: d/2 where d = amax/127 rounded to fp16, plus what clamping to +-127 loses when d
         is tiny enough to be an fp16 subnormal, plus f32 rounding (2^-20 amax).
-    q4: d/2 plus what the fp16 rounding of d loses at the top of the range (15 |d - d16|),
-        plus f32 rounding; d = (max - m) / 15 with m = fp16 floor of the minimum.
+    q4, q3, q2: d/2 plus what the fp16 rounding of d loses at the top of the range
+        (L |d - d16|, L = 15, 7, 3 levels), plus f32 rounding; d = (max - m) / L with m = fp16
+        floor of the minimum.
+    q4_0: one step |d| (values of the extreme's other sign clamp at +7 of 8 steps) plus
+        8 |d - d16| (the extreme itself when d rounds toward zero), plus f32 rounding.
     """
     x = np.asarray(x, np.float32).reshape(-1)
     if fmt == F32:
@@ -183,9 +275,14 @@ def error_budget(fmt: int, G: int, x: np.ndarray) -> np.ndarray:
         df = df.astype(np.float64)
         clamp = np.maximum(0.0, amax - 127 * df)
         b = 0.5 * df + clamp + 2.0**-20 * amax
+    elif fmt == Q4_0:
+        _, df, _ = q40_params(g.astype(np.float32))
+        df = np.abs(df.astype(np.float64))
+        b = df + 8 * np.abs(amax / 8 - df) + 2.0**-20 * amax
     else:
-        _, _, df, mf, _ = q4_params(g.astype(np.float32))
+        levels = LEVELS.get(fmt, 15)
+        _, _, df, mf, _ = q4_params(g.astype(np.float32), levels)
         df, mf = df.astype(np.float64), mf.astype(np.float64)
-        d_exact = np.minimum((g.max(axis=1) - mf) / 15, 65504.0)
-        b = 0.5 * df + 15 * np.abs(d_exact - df) + 2.0**-20 * amax
+        d_exact = np.minimum((g.max(axis=1) - mf) / levels, 65504.0)
+        b = 0.5 * df + levels * np.abs(d_exact - df) + 2.0**-20 * amax
     return np.repeat(b + 2.0**-24, G).astype(np.float64)

@@ -59,8 +59,9 @@ def test_python_mirror_matches_the_header():
         "KV_EINVAL": formats.EINVAL,
         "KV_ESTATE": formats.ESTATE,
     }
-    enum = {k: int(v) for k, v in re.findall(r"^\s+KV_(F32|F16|Q8|Q4) = (\d+)", h, re.M)}
-    assert enum == {"F32": formats.F32, "F16": formats.F16, "Q8": formats.Q8, "Q4": formats.Q4}
+    enum = {k: int(v) for k, v in re.findall(r"^\s+KV_(\w+) = (\d+),", h, re.M)}
+    n = enum.pop("N_FORMATS")
+    assert {k.lower(): v for k, v in enum.items()} == formats.BY_NAME and n == len(formats.NAMES)
     assert int(re.search(r"#define KV_GROUP_DEFAULT (\d+)", h).group(1)) == formats.GROUP_DEFAULT
     for code in (formats.ENOMEM, formats.EINVAL, formats.ESTATE):
         assert formats.message(code)
@@ -75,3 +76,7 @@ def test_formats_mirror():
     assert formats.token_bytes(formats.F16, formats.F16, 32, 30, 3, 64) == 11520 * 2
     assert formats.token_bytes(formats.Q8, formats.Q8, 32, 30, 3, 64) == 360 * 34
     assert formats.token_bytes(formats.Q4, formats.Q4, 32, 30, 3, 64) == 360 * 20
+    # the low-bit formats: 16, 12 and 18 bytes per group of 32 (q4_0 as llama.cpp's)
+    assert [formats.group_bytes(f, 32) for f in (formats.Q3, formats.Q2, formats.Q4_0)] == [16, 12, 18]
+    assert [formats.from_bits(b) for b in (3, 2)] == [formats.Q3, formats.Q2]
+    assert formats.fmt("q4_0") == formats.Q4_0 and formats.LLAMA_CPP[formats.Q4] == "q4_1"

@@ -27,8 +27,8 @@ from tests.reference import evict_ref as ev
 from tests.wasm.test_wasm_store import f32, new_store
 
 SHAPE = dict(n_layers=3, n_kv_heads=3, n_q_heads=6, head_dim=64, vocab=100)
-FMTS = [formats.F32, formats.F16, formats.Q8, formats.Q4]
-LAYER_FORMATS = [(formats.Q4, formats.F16, 16), (formats.Q8, formats.Q4, 64), (formats.F32, formats.Q8, 32)]
+FMTS = list(formats.NAMES)  # every format
+LAYER_FORMATS = [(formats.Q4, formats.F16, 16), (formats.Q3, formats.Q2, 64), (formats.Q4_0, formats.Q8, 32)]
 
 
 @pytest.fixture(scope="module", params=[SIMD_NAME, SCALAR_NAME])

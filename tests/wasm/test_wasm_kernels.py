@@ -19,7 +19,7 @@ from kvlab import formats
 from kvlab.host.wasmtime_module import WasmtimeModule
 from tests.reference import kvstore_ref as ref
 
-FORMATS = [formats.F32, formats.F16, formats.Q8, formats.Q4]
+FORMATS = list(formats.NAMES)  # every format
 SCRATCH = 1 << 22  # bytes per buffer (1M floats)
 
 
@@ -155,19 +155,37 @@ def test_scalar_equals_simd_on_any_bits(kernels, fmt, data):
 
 
 def test_named_budgets_on_model_like_values(kernels):
-    """The budgets in words: q8 <= amax/127 * 0.5 (+ f32 rounding), q4 <= range/15 * 0.5."""
+    """The budgets in words: q8 <= amax/127 * 0.5, q4/q3/q2 <= range/L * 0.5 (L = 15, 7, 3),
+    q4_0 <= amax/8 (one step: the other sign clamps at +7), each plus f32 rounding."""
     simd, _ = kernels
     rng = np.random.default_rng(7)
     x = (rng.standard_normal(64 * 512) * rng.uniform(0.1, 20, 64 * 512)).astype(np.float32)
+
+    def back(fmt, G):
+        return simd.dequantize(fmt, G, simd.quantize(fmt, G, x), x.size).reshape(-1, G)
+
     for G in formats.GROUP_SIZES:
         g = x.reshape(-1, G).astype(np.float64)
         amax = np.abs(g).max(1, keepdims=True)
         lo, hi = g.min(1, keepdims=True), g.max(1, keepdims=True)
-        y8 = simd.dequantize(formats.Q8, G, simd.quantize(formats.Q8, G, x), x.size).reshape(-1, G)
-        assert np.all(np.abs(y8 - g) <= amax / 127 * 0.5 * (1 + 2**-10) + 2**-20 * amax)
-        y4 = simd.dequantize(formats.Q4, G, simd.quantize(formats.Q4, G, x), x.size).reshape(-1, G)
+        assert np.all(np.abs(back(formats.Q8, G) - g) <= amax / 127 * 0.5 * (1 + 2**-10) + 2**-20 * amax)
         span = hi - lo + np.abs(lo) * 2**-10  # the fp16 floor of the minimum widens it a hair
-        assert np.all(np.abs(y4 - g) <= span / 15 * 0.5 * (1 + 2**-6) + 2**-20 * amax)
+        for fmt, levels in ((formats.Q4, 15), (formats.Q3, 7), (formats.Q2, 3)):
+            err = np.abs(back(fmt, G) - g)
+            assert np.all(err <= span / levels * 0.5 * (1 + 2**-6) + 2**-20 * amax), formats.NAMES[fmt]
+        assert np.all(np.abs(back(formats.Q4_0, G) - g) <= amax / 8 * (1 + 2**-9) + 2**-20 * amax)
+
+
+def test_low_bit_errors_shrink_with_bits(kernels):
+    """On model-like rows, mean |error| falls with each bit: q2 > q3 > q4 > q8, and the
+    symmetric q4_0 sits between q3 and q8 (its step is amax/8 where q4's is range/15)."""
+    simd, _ = kernels
+    rng = np.random.default_rng(3)
+    x = (rng.standard_normal(64 * 256) * 2.0).astype(np.float32)
+    err = {f: float(np.mean(np.abs(simd.dequantize(f, 32, simd.quantize(f, 32, x), x.size) - x)))
+           for f in (formats.Q2, formats.Q3, formats.Q4, formats.Q4_0, formats.Q8)}
+    assert err[formats.Q2] > err[formats.Q3] > err[formats.Q4] > err[formats.Q8]
+    assert err[formats.Q3] > err[formats.Q4_0] > err[formats.Q8]
 
 
 # ---------------------------------------------------------------------------------------
@@ -219,9 +237,11 @@ def test_f16_random_f32_bits_match_numpy(kernels):
 def test_invalid_kernel_arguments(kernels):
     simd, _ = kernels
     m = simd.m
-    assert m.call("kv_quantize", 9, 32, simd.src, 64, simd.dst) == formats.EINVAL  # format
+    assert m.call("kv_quantize", 99, 32, simd.src, 64, simd.dst) == formats.EINVAL  # format
+    assert m.call("kv_quantize", -1, 32, simd.src, 64, simd.dst) == formats.EINVAL
     assert m.call("kv_quantize", formats.Q8, 24, simd.src, 48, simd.dst) == formats.EINVAL  # group
-    assert m.call("kv_quantize", formats.Q4, 32, simd.src, 48, simd.dst) == formats.EINVAL  # n % G
+    for f in (formats.Q4, formats.Q3, formats.Q2, formats.Q4_0):
+        assert m.call("kv_quantize", f, 32, simd.src, 48, simd.dst) == formats.EINVAL  # n % G
     assert m.call("kv_dequantize", formats.Q8, 16, simd.src, -16, simd.dst) == formats.EINVAL
     assert m.call("kv_quantize", formats.F16, 32, simd.src, 7, simd.dst) == 14  # any n for f16
 
