@@ -240,7 +240,7 @@ async def profile_json(opts_json: str, texts_json: str, progress=None) -> str:
 # ---- the quality harness -------------------------------------------------------------------
 
 #: the options of ``kvlab.evaluate`` (the keyword arguments of ``kvlab.evaluate.evaluate``)
-EVAL_OPTIONS = ("task", "policy", "context", "seed", "n", "positions")
+EVAL_OPTIONS = ("task", "policy", "context", "seed", "n", "positions", "question")
 
 
 async def evaluate(opts: dict) -> dict:

@@ -66,13 +66,25 @@ def test_multi_hop_in_the_page_gives_the_native_answers(browser, engine):
     assert all(q["named"] and q["answer"] for q in web["questions"])
 
 
+def test_needle_with_the_question_after_compression_in_the_page(browser, engine):
+    """kvpress's order (compress the prompt, then read the question) on both hosts alike."""
+    pol = {"snapkv": {"ratio": 0.5}}
+    web = page_evaluate(browser, {"task": "needle", "context": 256, "n": 2, "policy": pol, "question": "after"})
+    assert "error" not in web, web
+    native = evaluate(engine, "needle", pol, context=256, n=2, question="after")
+    assert web["question"] == native["question"] == "after"
+    for key in EXACT + ("questions", "score", "score_full", "kept"):
+        assert web[key] == native[key], key
+
+
 @pytest.mark.parametrize("opts, words", [
+    ({"task": "needle", "question": "during"}, "question must be one of"),
     ({"task": "ppl", "colour": "red"}, "unknown option 'colour'"),
     ({"task": "sudoku"}, "unknown task 'sudoku'"),
     ({"task": "ppl", "context": 9000}, "leaves no room"),
     ({"task": "needle", "policy": {"quant": {"k_bits": 5}}}, "quant.k_bits must be one of"),
     ({}, "'task' is required"),
-], ids=["unknown-option", "unknown-task", "context-too-long", "bad-policy", "no-task"])
+], ids=["bad-question", "unknown-option", "unknown-task", "context-too-long", "bad-policy", "no-task"])
 def test_bad_options_reject_clearly(browser, opts, words):
     res = browser.page.evaluate("opts => kvlab.evaluate(opts).catch(e => ({error: e.message, kind: e.kind}))", opts)
     assert words in res.get("error", ""), res
