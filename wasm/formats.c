@@ -1,6 +1,6 @@
 // KV Cache Lab: the storage formats' kernels (F32, F16, Q8, Q4), the row dispatch over
 // every format and the kernel exports. The rounding rules every kernel keeps are in
-// kernels.h; Q3, Q2 and Q4_0 are in lowbit.c.
+// kernels.h; Q3, Q2 and Q4_0 are in lowbit.c, TURBO2/3/4 in turbo.c.
 
 #include "kernels.h"
 
@@ -229,6 +229,8 @@ size_t kv_row_bytes(int32_t fmt, int32_t group, int32_t n) {
     case KV_Q8: return (size_t)(n / group) * Q8_BLOCK_BYTES(group);
     case KV_Q4: return (size_t)(n / group) * Q4_BLOCK_BYTES(group);
     case KV_Q3: case KV_Q2: case KV_Q4_0: return (size_t)(n / group) * kv_lowbit_block_bytes(fmt, group);
+    case KV_TURBO2: case KV_TURBO3: case KV_TURBO4:
+        return (size_t)(n / group) * TURBO_BLOCK_BYTES(group, fmt - KV_TURBO2 + 2);
     }
     return 0;
 }
@@ -247,7 +249,8 @@ void kv_quantize_row(int32_t fmt, int32_t group, const float *x, int32_t n, uint
         FOR_GROUPS(group, for (int32_t g = 0; g < groups; g++)
                               Q4_QUANT(x + g * g_, g_, dst + g * Q4_BLOCK_BYTES(g_)));
         break;
-    default: kv_lowbit_quantize_row(fmt, group, x, n, dst); break;
+    case KV_Q3: case KV_Q2: case KV_Q4_0: kv_lowbit_quantize_row(fmt, group, x, n, dst); break;
+    default: kv_turbo_quantize_row(fmt, group, x, n, dst); break;
     }
 }
 
@@ -265,7 +268,8 @@ void kv_dequantize_row(int32_t fmt, int32_t group, const uint8_t *src, int32_t n
         FOR_GROUPS(group, for (int32_t g = 0; g < groups; g++)
                               Q4_DEQUANT(src + g * Q4_BLOCK_BYTES(g_), g_, y + g * g_));
         break;
-    default: kv_lowbit_dequantize_row(fmt, group, src, n, y); break;
+    case KV_Q3: case KV_Q2: case KV_Q4_0: kv_lowbit_dequantize_row(fmt, group, src, n, y); break;
+    default: kv_turbo_dequantize_row(fmt, group, src, n, y); break;
     }
 }
 

@@ -39,7 +39,7 @@
 
 // One value of this enum per storage format. Quantized formats work on groups of G
 // consecutive values along head_dim, per token and per KV head (G in {16, 32, 64}).
-// Per-channel key formats (KIVI) and the rotated codebook formats take the next numbers.
+// Per-channel key formats (KIVI) take the next numbers.
 typedef enum {
     KV_F32 = 0,  // IEEE float32, 4 bytes per value
     KV_F16 = 1,  // IEEE half, round-to-nearest-even (== numpy astype(float16))
@@ -48,7 +48,10 @@ typedef enum {
     KV_Q3 = 4,   // per group: fp16 step + fp16 min + 3G/8 bytes of 3-bit codes
     KV_Q2 = 5,   // per group: fp16 step + fp16 min + G/4 bytes of 2-bit codes
     KV_Q4_0 = 6, // per group: fp16 scale + G/2 nibble bytes, symmetric (llama.cpp Q4_0)
-    KV_N_FORMATS = 7,
+    KV_TURBO2 = 7, // per group: fp16 norm + G/4 bytes: rotated, Lloyd-Max codebook (turbo.c)
+    KV_TURBO3 = 8, // per group: fp16 norm + 3G/8 bytes
+    KV_TURBO4 = 9, // per group: fp16 norm + G/2 bytes
+    KV_N_FORMATS = 10,
 } kv_format;
 
 #define KV_GROUP_MIN 16
@@ -127,6 +130,29 @@ _Static_assert(sizeof(block_q4_0) == 2, "q4_0 header is one fp16");
 #define Q4_0_BLOCK_BYTES(G) (sizeof(block_q4_0) + (size_t)(G) / 2)
 _Static_assert(Q4_0_BLOCK_BYTES(32) == 18, "q4_0 G=32 block is 18 bytes, as llama.cpp's");
 
+// ---- TURBO2/3/4: rotate, then a Lloyd-Max codebook per coordinate, TurboQuant-style
+//      (Zandieh et al., "TurboQuant", ICLR 2026), at b = 2, 3, 4 bits (turbo.c)
+//
+//   y  = H (s . x)                      H: the G x G Walsh-Hadamard matrix (unnormalised),
+//                                       s: fixed random signs, bit j of KV_TURBO_SIGNS = -1
+//   n2 = sum x^2,  z = y / sqrt(n2)     z is ~ N(0, 1) per coordinate for any x: the
+//                                       rotation spreads outlier channels over all of them
+//   q  = #{k : t_k < z}                 t_k = midpoints of the codebook c (2^b levels,
+//                                       Lloyd-Max for N(0, 1)): the nearest centroid
+//   r  = fp16(min(sqrt(n2 / (G sum c_q^2)), 65504))  the norm correction: x' has x's norm
+//   x' = s . (H c_q) * r                (H H = G I, so this inverts the rotation)
+//
+// Codes are packed as Q2 (turbo2), Q3 (turbo3) and Q4_0's nibbles (turbo4).
+typedef struct {
+    uint16_t r;   // fp16 norm factor
+    uint8_t qs[]; // G * b / 8 bytes of codes
+} block_turbo;
+_Static_assert(sizeof(block_turbo) == 2, "turbo header is one fp16");
+#define TURBO_BLOCK_BYTES(G, b) (sizeof(block_turbo) + (size_t)(G) * (b) / 8)
+_Static_assert(TURBO_BLOCK_BYTES(32, 4) == 18 && TURBO_BLOCK_BYTES(32, 3) == 14 && TURBO_BLOCK_BYTES(32, 2) == 10,
+               "turbo G=32 blocks are 18, 14 and 10 bytes");
+#define KV_TURBO_SIGNS 0xd567e2fd4bd0adcbull // bit j set: coordinate j's sign flips (j < G)
+
 // The formats assume |x| <= 65504 (the fp16 range). Larger values saturate the scale (and
 // F16 turns them into inf, as numpy does); KV values of a real model are far below that.
 
@@ -153,6 +179,10 @@ void kv_dequantize_row(int32_t fmt, int32_t group, const uint8_t *src, int32_t n
 size_t kv_lowbit_block_bytes(int32_t fmt, int32_t group);
 void kv_lowbit_quantize_row(int32_t fmt, int32_t group, const float *x, int32_t n, uint8_t *dst);
 void kv_lowbit_dequantize_row(int32_t fmt, int32_t group, const uint8_t *src, int32_t n, float *y);
+
+// turbo.c: TURBO2/3/4 rows (n a multiple of group)
+void kv_turbo_quantize_row(int32_t fmt, int32_t group, const float *x, int32_t n, uint8_t *dst);
+void kv_turbo_dequantize_row(int32_t fmt, int32_t group, const uint8_t *src, int32_t n, float *y);
 
 // sample.c: scratch for n sampling candidates (kept; grows only)
 int32_t kv_sample_reserve(int32_t n);

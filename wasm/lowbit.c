@@ -68,27 +68,6 @@ INLINE void codes_q40_scalar(const float *x, const int G, float id, uint8_t *q) 
     for (int j = 0; j < G; j++) q[j] = (uint8_t)(code_of(pminf(7.0f, pmaxf(-8.0f, __builtin_rintf(x[j] * id)))) + 8);
 }
 
-// Pack ((code >> shift) & mask) of G codes into planes of `bits` bits: (G,) -> (G*bits/8,)
-INLINE void pack_scalar(const uint8_t *q, const int G, const int bits, const int shift, const int mask, uint8_t *out) {
-    const int planes = 8 / bits, P = G / planes;
-    for (int j = 0; j < P; j++) {
-        int b = 0;
-        for (int s = 0; s < planes; s++) b |= ((q[j + s * P] >> shift) & mask) << (s * bits);
-        out[j] = (uint8_t)b;
-    }
-}
-
-// The inverse: codes (|)= field << shift; or_into = 0 sets the codes, 1 adds the bits.
-INLINE void unpack_scalar(const uint8_t *in, const int G, const int bits, const int shift, const int or_into,
-                          uint8_t *q) {
-    const int planes = 8 / bits, P = G / planes, mask = (1 << bits) - 1;
-    for (int j = 0; j < P; j++)
-        for (int s = 0; s < planes; s++) {
-            int v = ((in[j] >> (s * bits)) & mask) << shift;
-            q[j + s * P] = (uint8_t)(or_into ? (q[j + s * P] | v) : v);
-        }
-}
-
 INLINE void values_asym_scalar(const uint8_t *q, const int G, float df, float mf, float *y) {
     for (int j = 0; j < G; j++) y[j] = (float)q[j] * df + mf;
 }
@@ -112,64 +91,6 @@ INLINE void minmax_simd(const float *x, const int G, float *mn, float *mx) {
     }
     *mn = hmin4(vmn);
     *mx = hmax4(vmx);
-}
-
-// The first n bytes of v to p, n in {2, 4, 8, 16}.
-INLINE void store_n(uint8_t *p, v128_t v, const int n) {
-    if (n >= 16) wasm_v128_store(p, v);
-    else if (n == 8) wasm_v128_store64_lane(p, v, 0);
-    else if (n == 4) wasm_v128_store32_lane(p, v, 0);
-    else wasm_v128_store16_lane(p, v, 0);
-}
-
-// n bytes from p, zeros after them (never reads past p + n: a row can end the memory).
-INLINE v128_t load_n(const uint8_t *p, const int n) {
-    if (n >= 16) return wasm_v128_load(p);
-    if (n == 8) return wasm_v128_load64_zero(p);
-    if (n == 4) return wasm_v128_load32_zero(p);
-    return wasm_v128_load16_lane(p, wasm_i32x4_splat(0), 0);
-}
-
-INLINE v128_t iota8(int k) { // lanes k, k + 1, ..., k + 15
-    return wasm_i8x16_add(wasm_i8x16_make(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15), wasm_i8x16_splat(k));
-}
-
-// The codes stay in registers: q[c] holds codes 16c .. 16c + 15, one per lane. Planes
-// shorter than 16 bytes divide 16, so each lies inside one chunk; a swizzle moves it.
-
-// The plane of `bits` bits of the fields (code >> shift) & mask, to out (G * bits / 8 bytes).
-INLINE void pack_simd(const v128_t *q, const int G, const int bits, const int shift, const int mask, uint8_t *out) {
-    const int planes = 8 / bits, P = G / planes;
-    for (int c = 0; c < P; c += 16) { // bytes c .. c + 15 of the plane (or its P bytes)
-        v128_t acc = wasm_i32x4_splat(0);
-        for (int s = 0; s < planes; s++) {
-            const int i = s * P + c; // the code that goes into byte c, bits s * bits
-            v128_t v = q[i / 16];
-            if (i % 16) v = wasm_i8x16_swizzle(v, iota8(i % 16)); // lanes past the chunk: 0, never stored
-            v = wasm_v128_and(wasm_u8x16_shr(v, shift), wasm_u8x16_splat(mask));
-            acc = wasm_v128_or(acc, wasm_i8x16_shl(v, s * bits));
-        }
-        store_n(out + c, acc, P - c < 16 ? P - c : 16);
-    }
-}
-
-// Codes 16c .. 16c + 15's fields from a plane of `bits` bits at in.
-INLINE v128_t unpack16_simd(const uint8_t *in, const int G, const int bits, const int c) {
-    const int planes = 8 / bits, P = G / planes;
-    const v128_t mask = wasm_u8x16_splat((1 << bits) - 1);
-    if (P >= 16) { // the 16 codes come from one plane, bytes j0 .. j0 + 15
-        const int i = 16 * c;
-        return wasm_v128_and(wasm_u8x16_shr(wasm_v128_load(in + i % P), (i / P) * bits), mask);
-    }
-    v128_t b = load_n(in, P), acc = wasm_i32x4_splat(0); // lanes >= P are 0
-    for (int s = 16 * c / P; s < planes && s * P < 16 * c + 16; s++) {
-        // lane l holds code 16c + l = byte l - first of plane s; lanes outside it read a
-        // negative index (0) or a byte >= P (0)
-        const int first = s * P - 16 * c;
-        v128_t v = wasm_v128_and(wasm_u8x16_shr(b, s * bits), mask);
-        acc = wasm_v128_or(acc, wasm_i8x16_swizzle(v, iota8(-first)));
-    }
-    return acc;
 }
 
 INLINE void values_asym16(v128_t q, float df, float mf, float *y) { // 16 codes -> code * d + m

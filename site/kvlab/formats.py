@@ -17,6 +17,9 @@ head_dim (see the README (section "The KV store") for the table)::
     q2   head_dim/G blocks of [fp16 d][fp16 m][G/4 x u8]       4 + G/4 bytes (as q3's first part)
     q4_0 head_dim/G blocks of [fp16 d][G/2 x u8]               2 + G/2 bytes, symmetric
          (d = extreme / -8; nibbles as q4)
+    turboB head_dim/G blocks of [fp16 r][G*B/8 x u8]           2 + G*B/8 bytes, B = 2, 3, 4
+         (random-sign Walsh-Hadamard rotation, Lloyd-Max codebook codes packed as q2, q3,
+         q4_0; r the corrected norm)
 """
 
 from __future__ import annotations
@@ -32,11 +35,17 @@ Q4 = 3
 Q3 = 4
 Q2 = 5
 Q4_0 = 6
-# the next numbers: per-channel key formats and the rotated codebook formats
+TURBO2 = 7
+TURBO3 = 8
+TURBO4 = 9
+# the next numbers: per-channel key formats
 
-NAMES = {F32: "f32", F16: "f16", Q8: "q8", Q4: "q4", Q3: "q3", Q2: "q2", Q4_0: "q4_0"}
+NAMES = {F32: "f32", F16: "f16", Q8: "q8", Q4: "q4", Q3: "q3", Q2: "q2", Q4_0: "q4_0",
+         TURBO2: "turbo2", TURBO3: "turbo3", TURBO4: "turbo4"}
 BY_NAME = {v: k for k, v in NAMES.items()}
-BITS = {F32: 32, F16: 16, Q8: 8, Q4: 4, Q3: 3, Q2: 2, Q4_0: 4}  # payload bits per value (scales not included)
+BITS = {F32: 32, F16: 16, Q8: 8, Q4: 4, Q3: 3, Q2: 2, Q4_0: 4,  # payload bits per value (scales not included)
+        TURBO2: 2, TURBO3: 3, TURBO4: 4}
+TURBO_SIGNS = 0xD567E2FD4BD0ADCB  # bit j set: coordinate j's sign flips before the rotation
 # k_bits / v_bits name the asymmetric group-wise format of that width; q4_0 is asked by name
 BY_BITS = {32: F32, 16: F16, 8: Q8, 4: Q4, 3: Q3, 2: Q2}
 # llama.cpp's -ctk / -ctv type of the same layout, where it has one
@@ -46,7 +55,8 @@ GROUP_SIZES = (16, 32, 64)
 GROUP_DEFAULT = 32
 
 # Per-group header bytes and payload bytes of the block formats
-_HEADER = {Q8: 2, Q4: 4, Q3: 4, Q2: 4, Q4_0: 2}  # fp16 d (+ fp16 m for the asymmetric ones)
+_HEADER = {Q8: 2, Q4: 4, Q3: 4, Q2: 4, Q4_0: 2,  # fp16 d (+ fp16 m for the asymmetric ones)
+           TURBO2: 2, TURBO3: 2, TURBO4: 2}  # fp16 r
 
 
 def fmt(x: int | str) -> int:

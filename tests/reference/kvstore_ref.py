@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-F32, F16, Q8, Q4, Q3, Q2, Q4_0 = 0, 1, 2, 3, 4, 5, 6
+F32, F16, Q8, Q4, Q3, Q2, Q4_0, TURBO2, TURBO3, TURBO4 = range(10)
 F16_MAX = np.float32(65504.0)
 MASK_EMPTY = np.float32(-1e9)
 
@@ -206,12 +206,127 @@ def dequantize_q4_0(data: bytes, G: int) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------------------
+# TURBO2/3/4: [fp16 r][codes packed as q2 / q3 / q4_0]: random-sign Walsh-Hadamard
+# rotation, Lloyd-Max codebook for N(0, 1), corrected norm (wasm/kvstore.h, wasm/turbo.c)
+# ---------------------------------------------------------------------------------------
+
+TURBO_BITS = {TURBO2: 2, TURBO3: 3, TURBO4: 4}
+TURBO_SIGNS = 0xD567E2FD4BD0ADCB
+# the C's f32 literals (ascending); lloyd_max() recomputes them
+CODEBOOKS = {
+    2: np.float32([-1.510418, -0.452780, 0.452780, 1.510418]),
+    3: np.float32([-2.151946, -1.343909, -0.756005, -0.245094, 0.245094, 0.756005, 1.343909, 2.151946]),
+    4: np.float32([-2.732590, -2.069017, -1.618046, -1.256231, -0.942340, -0.656759, -0.388048, -0.128395,
+                   0.128395, 0.388048, 0.656759, 0.942340, 1.256231, 1.618046, 2.069017, 2.732590]),
+}
+
+
+def lloyd_max(levels: int, iters: int = 2000) -> np.ndarray:
+    """Lloyd-Max centroids for N(0, 1) by Lloyd's iteration (float64): each boundary the
+    midpoint of its centroids, each centroid its cell's conditional mean."""
+    import math
+
+    def pdf(x):
+        return math.exp(-x * x / 2) / math.sqrt(2 * math.pi) if math.isfinite(x) else 0.0
+
+    def cdf(x):
+        return 0.5 * (1 + math.erf(x / math.sqrt(2))) if math.isfinite(x) else (1.0 if x > 0 else 0.0)
+
+    c = [-2 + 4 * (i + 0.5) / levels for i in range(levels)]
+    for _ in range(iters):
+        t = [-math.inf] + [(c[i] + c[i + 1]) / 2 for i in range(levels - 1)] + [math.inf]
+        c = [(pdf(t[i]) - pdf(t[i + 1])) / (cdf(t[i + 1]) - cdf(t[i])) for i in range(levels)]
+    return np.array(c)
+
+
+def turbo_signs(G: int) -> np.ndarray:
+    """(G,) uint32 sign masks: bit 31 set where KV_TURBO_SIGNS flips the coordinate."""
+    return np.array([((TURBO_SIGNS >> j) & 1) << 31 for j in range(G)], np.uint32)
+
+
+def fwht(y: np.ndarray) -> np.ndarray:
+    """(groups, G) f32 -> the unnormalised Walsh-Hadamard transform of each row, stage by
+    stage (h = 1, 2, 4, ...): the pair (j, j + h) becomes (a + b, a - b), in f32."""
+    y = np.array(y, np.float32)
+    groups, G = y.shape
+    h = 1
+    while h < G:
+        v = y.reshape(groups, G // (2 * h), 2, h)
+        a, b = v[:, :, 0, :].copy(), v[:, :, 1, :].copy()
+        v[:, :, 0, :], v[:, :, 1, :] = a + b, a - b
+        y = v.reshape(groups, G)
+        h *= 2
+    return y
+
+
+def sumsq(v: np.ndarray) -> np.ndarray:
+    """(groups, G) f32 -> (groups,) f32 sums of squares in the pinned order: four strided
+    lanes accumulated in element order, then (l0 + l1) + (l2 + l3)."""
+    sq = v * v
+    acc = np.zeros((v.shape[0], 4), np.float32)
+    for i in range(0, v.shape[1], 4):
+        acc += sq[:, i : i + 4]
+    return (acc[:, 0] + acc[:, 1]) + (acc[:, 2] + acc[:, 3])
+
+
+def flip(v: np.ndarray) -> np.ndarray:
+    """(groups, G) f32 with the fixed signs applied (an exact sign-bit flip)."""
+    return (v.view(np.uint32) ^ turbo_signs(v.shape[1])).view(np.float32)
+
+
+def turbo_codes(x: np.ndarray, G: int, bits: int):
+    """(n,) f32 -> codes (groups, G) uint8 and r (groups,) f32 (before fp16)."""
+    g = np.asarray(x, np.float32).reshape(-1, G)
+    c = CODEBOOKS[bits]
+    with np.errstate(over="ignore", invalid="ignore"):
+        y = fwht(flip(g))
+        n2 = sumsq(g)
+        n2 = np.where(n2 <= np.float32(3.4028234e38), n2, np.float32(0.0))  # not finite: a zero group
+        inv = np.zeros_like(n2)
+        np.divide(np.float32(1.0), np.sqrt(n2), out=inv, where=n2 > 0)
+        z = y * inv[:, None]
+    bounds = (c[:-1] + c[1:]) * np.float32(0.5)  # f32 midpoints
+    q = (bounds[None, None, :] < z[:, :, None]).sum(axis=2).astype(np.uint8)
+    r = np.minimum(np.sqrt(n2 / (sumsq(c[q]) * np.float32(G))), F16_MAX)  # saturates, as d does
+    return q, r
+
+
+def quantize_turbo(x: np.ndarray, G: int, fmt: int) -> bytes:
+    """(n,) f32 -> n/G blocks of 2 + G * bits / 8 bytes."""
+    bits = TURBO_BITS[fmt]
+    q, r = turbo_codes(x, G, bits)
+    hdr = f16_bits(r).astype("<u2").view(np.uint8).reshape(-1, 2)
+    if bits == 4:
+        parts = [hdr, pack_planes(q, 4)]
+    else:
+        parts = [hdr, pack_planes(q & 3, 2)] + ([pack_planes(q >> 2, 1)] if bits == 3 else [])
+    return np.concatenate(parts, axis=1).tobytes()
+
+
+def dequantize_turbo(data: bytes, G: int, fmt: int) -> np.ndarray:
+    """n/G blocks -> (n,) f32: x' = s . (H c_q) * r."""
+    bits = TURBO_BITS[fmt]
+    b = np.frombuffer(data, np.uint8).reshape(-1, 2 + G * bits // 8)
+    r = f16_value(b[:, :2].copy().view("<u2")[:, 0])
+    if bits == 4:
+        q = unpack_planes(b[:, 2:], 4)
+    else:
+        q = unpack_planes(b[:, 2 : 2 + G // 4], 2)
+        if bits == 3:
+            q = q | (unpack_planes(b[:, 2 + G // 4 :], 1) << 2)
+    with np.errstate(over="ignore", invalid="ignore"):
+        y = fwht(CODEBOOKS[bits][q]) * r[:, None]
+    return flip(y).reshape(-1)
+
+
+# ---------------------------------------------------------------------------------------
 # Any format
 # ---------------------------------------------------------------------------------------
 
 
 def row_bytes(fmt: int, G: int, n: int) -> int:
-    per_group = {Q8: 2 + G, Q4: 4 + G // 2, Q3: 4 + G // 4 + G // 8, Q2: 4 + G // 4, Q4_0: 2 + G // 2}
+    per_group = {Q8: 2 + G, Q4: 4 + G // 2, Q3: 4 + G // 4 + G // 8, Q2: 4 + G // 4, Q4_0: 2 + G // 2,
+                 TURBO2: 2 + G // 4, TURBO3: 2 + 3 * G // 8, TURBO4: 2 + G // 2}
     return {F32: 4 * n, F16: 2 * n}[fmt] if fmt in (F32, F16) else n // G * per_group[fmt]
 
 
@@ -224,6 +339,8 @@ def quantize(fmt: int, G: int, x: np.ndarray) -> bytes:
         return f16_bits(x).astype("<u2").tobytes()
     if fmt in LEVELS:
         return quantize_low(x, G, fmt)
+    if fmt in TURBO_BITS:
+        return quantize_turbo(x, G, fmt)
     return {Q8: quantize_q8, Q4: quantize_q4, Q4_0: quantize_q4_0}[fmt](x, G)
 
 
@@ -235,6 +352,8 @@ def dequantize(fmt: int, G: int, data: bytes) -> np.ndarray:
         return f16_value(np.frombuffer(data, "<u2"))
     if fmt in LEVELS:
         return dequantize_low(data, G, fmt)
+    if fmt in TURBO_BITS:
+        return dequantize_turbo(data, G, fmt)
     return {Q8: dequantize_q8, Q4: dequantize_q4, Q4_0: dequantize_q4_0}[fmt](data, G)
 
 
@@ -262,6 +381,10 @@ def error_budget(fmt: int, G: int, x: np.ndarray) -> np.ndarray:
         floor of the minimum.
     q4_0: one step |d| (values of the extreme's other sign clamp at +7 of 8 steps) plus
         8 |d - d16| (the extreme itself when d rounds toward zero), plus f32 rounding.
+    turbo: no per-element bound short of the group's norm (a codebook error is spread over
+        the whole group by the inverse rotation): |x - x'| <= |x| + ||x'||, with ||x'|| =
+        ||x|| up to fp16 rounding of r. The tests hold its mean error to the codebook's
+        distortion instead.
     """
     x = np.asarray(x, np.float32).reshape(-1)
     if fmt == F32:
@@ -270,6 +393,9 @@ def error_budget(fmt: int, G: int, x: np.ndarray) -> np.ndarray:
         return np.maximum(np.abs(x) * np.float32(2.0**-11), np.float32(2.0**-25))
     g = x.reshape(-1, G).astype(np.float64)
     amax = np.abs(g).max(axis=1)
+    if fmt in TURBO_BITS:
+        norm = np.sqrt((g * g).sum(axis=1))
+        return (np.abs(g) + (norm * (1 + 2.0**-9) + 2.0**-20)[:, None]).reshape(-1)
     if fmt == Q8:
         _, df, _ = q8_params(g.astype(np.float32))
         df = df.astype(np.float64)

@@ -63,6 +63,7 @@ def test_python_mirror_matches_the_header():
     n = enum.pop("N_FORMATS")
     assert {k.lower(): v for k, v in enum.items()} == formats.BY_NAME and n == len(formats.NAMES)
     assert int(re.search(r"#define KV_GROUP_DEFAULT (\d+)", h).group(1)) == formats.GROUP_DEFAULT
+    assert int(re.search(r"#define KV_TURBO_SIGNS (0x[0-9a-f]+)ull", h).group(1), 16) == formats.TURBO_SIGNS
     for code in (formats.ENOMEM, formats.EINVAL, formats.ESTATE):
         assert formats.message(code)
 
@@ -80,3 +81,4 @@ def test_formats_mirror():
     assert [formats.group_bytes(f, 32) for f in (formats.Q3, formats.Q2, formats.Q4_0)] == [16, 12, 18]
     assert [formats.from_bits(b) for b in (3, 2)] == [formats.Q3, formats.Q2]
     assert formats.fmt("q4_0") == formats.Q4_0 and formats.LLAMA_CPP[formats.Q4] == "q4_1"
+    assert [formats.group_bytes(f, 32) for f in (formats.TURBO2, formats.TURBO3, formats.TURBO4)] == [10, 14, 18]

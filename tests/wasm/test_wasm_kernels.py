@@ -189,6 +189,57 @@ def test_low_bit_errors_shrink_with_bits(kernels):
 
 
 # ---------------------------------------------------------------------------------------
+# turbo: the codebook, the distortion it promises, the norm, the rotation's point
+# ---------------------------------------------------------------------------------------
+
+TURBO = {formats.TURBO2: 2, formats.TURBO3: 3, formats.TURBO4: 4}
+# Lloyd-Max mean squared error per coordinate for N(0, 1) (Max 1960): 2, 3, 4 bits
+LLOYD_MAX_MSE = {2: 0.1175, 3: 0.03454, 4: 0.009497}
+
+
+def test_turbo_codebooks_are_lloyd_max_for_a_gaussian():
+    """The codebook (the C's, via the bit-exact tests above) is Lloyd's fixed point."""
+    for bits, c in ref.CODEBOOKS.items():
+        assert np.abs(ref.lloyd_max(2**bits) - c).max() < 2e-6, bits
+
+
+def relative_error(simd, fmt: int, G: int, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per group: ||x - x'||^2 / ||x||^2 and ||x'|| / ||x||."""
+    y = simd.dequantize(fmt, G, simd.quantize(fmt, G, x), x.size).reshape(-1, G).astype(np.float64)
+    g = x.reshape(-1, G).astype(np.float64)
+    return ((g - y) ** 2).sum(1) / (g**2).sum(1), np.sqrt((y**2).sum(1) / (g**2).sum(1))
+
+
+@pytest.mark.parametrize("fmt", TURBO, ids=lambda f: formats.NAMES[f])
+@pytest.mark.parametrize("G", formats.GROUP_SIZES)
+def test_turbo_distortion_and_norm(kernels, fmt, G):
+    """The relative error is the codebook's distortion (a rotated coordinate is close to
+    N(0, 1/G); measured 0.10-0.12, 0.028-0.033, 0.0077-0.0088), and the corrected norm keeps
+    ||x'|| = ||x|| up to the fp16 rounding of r."""
+    simd, _ = kernels
+    x = (np.random.default_rng(G).standard_normal(G * 2000) * 3).astype(np.float32)
+    rel, norm = relative_error(simd, fmt, G, x)
+    assert 0.75 * LLOYD_MAX_MSE[TURBO[fmt]] < rel.mean() < 1.05 * LLOYD_MAX_MSE[TURBO[fmt]]
+    assert np.abs(norm - 1).max() <= 2**-11 + 1e-6
+
+
+def test_turbo_does_not_mind_an_outlier_channel(kernels):
+    """One channel 20x the others (keys have such channels): the rotation spreads it, so
+    turbo4's error stays where it was, while q4's and q4_0's (the same bytes or more) grow."""
+    simd, _ = kernels
+    rng = np.random.default_rng(5)
+    g = rng.standard_normal((2000, 32)).astype(np.float32)
+    o = g.copy()
+    o[:, 3] *= 20
+    err = {f: (relative_error(simd, f, 32, g.ravel())[0].mean(), relative_error(simd, f, 32, o.ravel())[0].mean())
+           for f in (formats.TURBO4, formats.Q4, formats.Q4_0)}
+    plain, outlier = err[formats.TURBO4]
+    assert outlier < 1.15 * plain
+    for f in (formats.Q4, formats.Q4_0):
+        assert err[f][1] > 1.5 * err[f][0] and err[f][1] > outlier, formats.NAMES[f]
+
+
+# ---------------------------------------------------------------------------------------
 # fp16, exhaustively where it is cheap
 # ---------------------------------------------------------------------------------------
 

@@ -5,7 +5,9 @@ Each token's 64-value key (and value) vector of each KV head is cut into groups 
 8-bit = Q8_0 (fp16 scale + int8), 4/3/2-bit = Q4_1-style (fp16 scale and minimum +
 codes), 16 = IEEE half, 32 = the full fp32 cache. ``k_format`` / ``v_format`` name a
 format instead of a width, for the ones a width does not pick (``q4_0``: symmetric 4-bit,
-llama.cpp's ``-ctk q4_0``). The byte layouts are in ``kvlab.formats`` and the README.
+llama.cpp's ``-ctk q4_0``; ``turbo2/3/4``: a random-sign Walsh-Hadamard rotation, then a
+Lloyd-Max codebook per coordinate and a corrected norm, after TurboQuant, Zandieh et al.,
+ICLR 2026). The byte layouts are in ``kvlab.formats`` and the README.
 
 Based on the K/V asymmetry observation of the quant.cpp guide (seed 001: key errors are
 amplified by softmax, value errors pass linearly) and llama.cpp's block formats (seed 002).
@@ -26,7 +28,7 @@ class Quant(Technique):
             name="quant",
             family="quantize",
             summary="Group-wise integer quantization of keys and values, bits chosen apart.",
-            source="seed 001 (K/V asymmetry), seed 002 (llama.cpp block formats)",
+            source="seed 001 (K/V asymmetry), seed 002 (llama.cpp block formats), TurboQuant (seeds 000, 001)",
             params=(
                 Param("k_bits", "int", 32, "bits per key value", choices=BITS),
                 Param("v_bits", "int", 32, "bits per value-vector value", choices=BITS),
