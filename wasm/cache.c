@@ -197,6 +197,7 @@ int32_t kv_configure(int32_t layer, int32_t k_fmt, int32_t v_fmt, int32_t group)
             }
             L->fmt[p] = fmts[p];
             L->row[p] = row;
+            L->rot[p] = 0; // a new choice of formats starts unrotated (kv_rotate after it)
         }
         if (!L->data[0] || !L->data[1]) { // streams are reserved in pairs
             for (int p = 0; p < 2; p++) kv_mfree(L->data[p]), L->data[p] = 0;
@@ -216,6 +217,24 @@ int32_t kv_configure(int32_t layer, int32_t k_fmt, int32_t v_fmt, int32_t group)
 // Drop every entry and return all token memory (staging, streams, I/O) to the allocator.
 // The formats stay. The wasm memory itself cannot shrink: kv_heap_bytes() stays, and the
 // next fill reuses it.
+// Rotate a layer's K and/or V rows (-1: all layers) before their format: each row goes
+// through a random-sign Walsh-Hadamard rotation (kv_rotate_row) when stored and back when
+// staged, so outlier channels are spread before quantization. KV_EINVAL unless head_dim is
+// a power of two <= 64; KV_ESTATE if a chosen layer holds entries (nothing changes then).
+// kv_configure clears it.
+KV_EXPORT(kv_rotate) int32_t kv_rotate(int32_t layer, int32_t k_on, int32_t v_on) {
+    if (!kv.ready) return KV_ESTATE;
+    if (layer < -1 || layer >= kv.n_layers || !kv_rotatable(kv.head_dim)) return KV_EINVAL;
+    int32_t lo = layer < 0 ? 0 : layer, hi = layer < 0 ? kv.n_layers : layer + 1;
+    for (int32_t l = lo; l < hi; l++)
+        if (kv.layer[l].used > 0) return KV_ESTATE;
+    for (int32_t l = lo; l < hi; l++) {
+        kv.layer[l].rot[0] = k_on != 0;
+        kv.layer[l].rot[1] = v_on != 0;
+    }
+    return KV_OK;
+}
+
 KV_EXPORT(kv_reset) int32_t kv_reset(void) {
     if (!kv.ready) return KV_ESTATE;
     free_all();
@@ -364,8 +383,14 @@ KV_EXPORT(kv_step_commit) int32_t kv_step_commit(int32_t S) {
                 for (int32_t s = 0; s < S; s++) {
                     uint8_t *row = L->data[p] + ((size_t)h * L->ccap + n + s) * (size_t)L->row[p];
                     float *slot = L->stage[p] + ((size_t)h * L->pcap + n + s) * D;
-                    kv_quantize_row(L->fmt[p], L->group, src[p] + ((size_t)h * S + s) * D, D, row);
+                    const float *x = src[p] + ((size_t)h * S + s) * D;
+                    if (L->rot[p]) { // rotate into the slot, store that, stage it rotated back
+                        kv_rotate_row(x, D, slot);
+                        x = slot;
+                    }
+                    kv_quantize_row(L->fmt[p], L->group, x, D, row);
                     kv_dequantize_row(L->fmt[p], L->group, row, D, slot);
+                    if (L->rot[p]) kv_unrotate_row(slot, D);
                 }
             }
             for (int32_t s = 0; s < S; s++) {

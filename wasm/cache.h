@@ -25,6 +25,7 @@ typedef struct {
     int32_t fmt[2];   // storage format of K [0] and V [1] (kv_format)
     int32_t group;    // group size G along head_dim (quantized formats)
     int32_t row[2];   // bytes of one (entry, kv head) row of K / V
+    int32_t rot[2];   // 1: K / V rows are rotated (kv_rotate_row) before their format
     // compressed streams, head-major: (kv_heads, ccap, row) bytes for K [0] and V [1]
     uint8_t *data[2];
     int32_t ccap;     // entry capacity of every stream (and of pos / score)

@@ -180,7 +180,11 @@ size_t kv_lowbit_block_bytes(int32_t fmt, int32_t group);
 void kv_lowbit_quantize_row(int32_t fmt, int32_t group, const float *x, int32_t n, uint8_t *dst);
 void kv_lowbit_dequantize_row(int32_t fmt, int32_t group, const uint8_t *src, int32_t n, float *y);
 
-// turbo.c: TURBO2/3/4 rows (n a multiple of group)
+// turbo.c: the rotation y = H (s . x) / sqrt(n) (n a power of two <= 64) and its inverse
+// (the same random signs and butterflies as TURBO's); TURBO2/3/4 rows (n a multiple of group)
+int32_t kv_rotatable(int32_t n);
+void kv_rotate_row(const float *x, int32_t n, float *y);
+void kv_unrotate_row(float *y, int32_t n);
 void kv_turbo_quantize_row(int32_t fmt, int32_t group, const float *x, int32_t n, uint8_t *dst);
 void kv_turbo_dequantize_row(int32_t fmt, int32_t group, const uint8_t *src, int32_t n, float *y);
 

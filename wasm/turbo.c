@@ -194,6 +194,54 @@ INLINE void turbo_dequant(const uint8_t *in, const int G, const int bits, float 
 #endif
 
 // ---------------------------------------------------------------------------------------
+// The rotation on its own (quant's `rotate`): orthonormal, so a row keeps its norm and the
+// inverse is the transpose. y = H (s . x) * k, x = s . (H y) * k, k = 1 / sqrt(n) in f32
+// (exact for n = 16, 64).
+// ---------------------------------------------------------------------------------------
+
+int32_t kv_rotatable(int32_t n) { return n >= 4 && n <= KV_GROUP_MAX && (n & (n - 1)) == 0; }
+
+#ifdef __wasm_simd128__
+#define ROT_N_CASES(n, BODY)                                                                   \
+    switch (n) {                                                                               \
+    case 4: { const int n_ = 4; BODY; } break;                                                 \
+    case 8: { const int n_ = 8; BODY; } break;                                                 \
+    case 16: { const int n_ = 16; BODY; } break;                                               \
+    case 32: { const int n_ = 32; BODY; } break;                                               \
+    default: { const int n_ = 64; BODY; } break;                                               \
+    }
+
+INLINE void rotate_simd(const float *x, const int n, float *y, const int inverse) {
+    v128_t v[KV_GROUP_MAX / 4], k = F32(1.0f / __builtin_sqrtf((float)n));
+    for (int i = 0; i < n / 4; i++) {
+        v[i] = wasm_v128_load(x + 4 * i);
+        if (!inverse) v[i] = wasm_v128_xor(v[i], signs4(4 * i));
+    }
+    fwht_simd(v, n);
+    for (int i = 0; i < n / 4; i++) {
+        v128_t r = wasm_f32x4_mul(v[i], k);
+        wasm_v128_store(y + 4 * i, inverse ? wasm_v128_xor(r, signs4(4 * i)) : r);
+    }
+}
+
+void kv_rotate_row(const float *x, int32_t n, float *y) { ROT_N_CASES(n, rotate_simd(x, n_, y, 0)); }
+void kv_unrotate_row(float *y, int32_t n) { ROT_N_CASES(n, rotate_simd(y, n_, y, 1)); }
+#else
+void kv_rotate_row(const float *x, int32_t n, float *y) {
+    const float k = 1.0f / __builtin_sqrtf((float)n);
+    for (int j = 0; j < n; j++) y[j] = flip(x[j], j);
+    fwht_scalar(y, n);
+    for (int j = 0; j < n; j++) y[j] = y[j] * k;
+}
+
+void kv_unrotate_row(float *y, int32_t n) {
+    const float k = 1.0f / __builtin_sqrtf((float)n);
+    fwht_scalar(y, n);
+    for (int j = 0; j < n; j++) y[j] = flip(y[j] * k, j);
+}
+#endif
+
+// ---------------------------------------------------------------------------------------
 // Rows (formats.c dispatches here)
 // ---------------------------------------------------------------------------------------
 

@@ -136,6 +136,12 @@ class KVStore:
         """Formats of one layer's K and V (layer -1: all); the layer must hold no tokens."""
         self._call("kv_configure", layer, formats.fmt(k_fmt), formats.fmt(v_fmt), group)
 
+    def rotate(self, layer: int, k: bool, v: bool) -> None:
+        """Rotate one layer's K and/or V rows (layer -1: all) by the random-sign Walsh-Hadamard
+        transform before their format, and back when staged; after ``configure`` (which
+        clears it), while the layer holds no tokens."""
+        self._call("kv_rotate", layer, int(bool(k)), int(bool(v)))
+
     def reset(self) -> None:
         """Drop all tokens; their memory goes back to the store's allocator (formats stay)."""
         self._call("kv_reset")

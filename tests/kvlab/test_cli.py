@@ -38,7 +38,8 @@ def test_generate_json_has_the_contract(bundle):
     assert len(res["bytes_per_step"]) == len(res["ids"])
     assert res["bytes_per_step"] == sorted(res["bytes_per_step"])  # no eviction: it only grows
     assert 0 < res["cache_bytes"] < res["fp16_bytes"] < res["fp32_bytes"]
-    assert res["policy"] == {"quant": {"k_bits": 4, "v_bits": 8, "group_size": 32, "k_format": None, "v_format": None}}
+    assert res["policy"] == {"quant": {"k_bits": 4, "v_bits": 8, "group_size": 32, "k_format": None, "v_format": None,
+                                       "rotate": False}}
 
 
 @pytest.mark.parametrize(

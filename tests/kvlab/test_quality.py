@@ -113,6 +113,18 @@ def test_fewer_bits_cost_more_and_keys_cost_most(engine, full_run):
     assert kl["k2v4"] > 3 * kl["k4v2"]  # measured 1.86 vs 0.17 over 256 positions
 
 
+def test_rotation_before_the_format_lowers_the_error(engine, full_run):
+    """`rotate` spreads the outlier channels of keys over all 64 before quantizing (measured
+    on two texts, 256 positions: KL x0.63-0.75 at q3, x0.66-0.73 at q4 and q2)."""
+    ids, full = full_run
+    ids, full = ids[: CONTEXT + 128], full[:128]
+    kl = {rot: kl_top1(full, teacher_forced_logits(engine, ids, CONTEXT, {"quant": {"k_bits": 3, "v_bits": 3,
+                                                                                   "rotate": rot}}))[0]
+          for rot in (False, True)}
+    print(json.dumps({"q3": kl[False], "q3 rotated": kl[True]}))
+    assert kl[True] < 0.85 * kl[False]
+
+
 def test_compression_costs_something(engine, full_run):
     """The comparison can fail: a 4-bit cache is measurably not the full cache."""
     ids, full = full_run

@@ -319,6 +319,22 @@ def dequantize_turbo(data: bytes, G: int, fmt: int) -> np.ndarray:
     return flip(y).reshape(-1)
 
 
+def rotate(x: np.ndarray) -> np.ndarray:
+    """(..., n) f32 -> H (s . x) / sqrt(n) per row (quant's ``rotate``), n a power of two."""
+    x = np.asarray(x, np.float32)
+    rows = x.reshape(-1, x.shape[-1])
+    k = np.float32(1.0) / np.sqrt(np.float32(rows.shape[1]))
+    return (fwht(flip(rows)) * k).reshape(x.shape)
+
+
+def unrotate(y: np.ndarray) -> np.ndarray:
+    """The inverse: s . (H y) / sqrt(n)."""
+    y = np.asarray(y, np.float32)
+    rows = y.reshape(-1, y.shape[-1])
+    k = np.float32(1.0) / np.sqrt(np.float32(rows.shape[1]))
+    return flip(fwht(rows) * k).reshape(y.shape)
+
+
 # ---------------------------------------------------------------------------------------
 # Any format
 # ---------------------------------------------------------------------------------------
@@ -357,9 +373,12 @@ def dequantize(fmt: int, G: int, data: bytes) -> np.ndarray:
     return {Q8: dequantize_q8, Q4: dequantize_q4, Q4_0: dequantize_q4_0}[fmt](data, G)
 
 
-def roundtrip(fmt: int, G: int, x: np.ndarray) -> np.ndarray:
-    """(..., n) f32 -> what the cache holds for it, same shape (rows quantized along n)."""
+def roundtrip(fmt: int, G: int, x: np.ndarray, rotated: bool = False) -> np.ndarray:
+    """(..., n) f32 -> what the cache holds for it, same shape (rows quantized along n;
+    rotated: through ``rotate`` first and ``unrotate`` after, as kv_rotate makes it)."""
     x = np.asarray(x, np.float32)
+    if rotated:
+        return unrotate(roundtrip(fmt, G, rotate(x)))
     rows = x.reshape(-1, x.shape[-1])
     out = [dequantize(fmt, G, quantize(fmt, G, r)) for r in rows]
     return (np.stack(out) if out else rows.copy()).reshape(x.shape)

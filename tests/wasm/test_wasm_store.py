@@ -375,3 +375,53 @@ def test_zero_copy_views_survive_memory_growth_when_re_taken(wasm_path):
     assert np.frombuffer(m.buffer(p, 1024), np.uint8).sum() == 7 * 1024  # a fresh view
     with pytest.raises(IndexError):
         m.buffer(m.memory_bytes() - 10, 100)
+
+
+# ---------------------------------------------------------------------------------------
+# Rotation (quant's `rotate`): rows rotated before their format, staged rotated back
+# ---------------------------------------------------------------------------------------
+
+
+def test_rotated_rows_stage_as_the_reference(wasm_path):
+    """Per layer and side: staging == unrotate(dequantize(quantize(rotate(x)))) bit for bit,
+    bytes unchanged; kv_configure clears the rotation; refused while a layer holds tokens."""
+    rng = np.random.default_rng(11)
+    s, m = new_store(wasm_path)
+    setups = [(formats.Q4, formats.Q3, 32, True, False), (formats.F32, formats.TURBO3, 16, True, True),
+              (formats.Q2, formats.Q4_0, 64, False, True)]
+    for layer, (kf, vf, G, rk, rv) in enumerate(setups):
+        s.configure(layer, kf, vf, G)
+        s.rotate(layer, rk, rv)
+    hist_k, hist_v = [[] for _ in setups], [[] for _ in setups]
+    for S in (5, 1, 9):
+        k, v = run_step(s, m, S, rng)
+        for layer in range(len(setups)):
+            hist_k[layer].append(k[layer])
+            hist_v[layer].append(v[layer])
+    n = 15
+    for layer, (kf, vf, G, rk, rv) in enumerate(setups):
+        for side, (fmt, rot, hist) in enumerate(((kf, rk, hist_k), (vf, rv, hist_v))):
+            x = np.concatenate(hist[layer], axis=1)  # (H, n, D)
+            stage = f32(m, m.call("kv_layer_ptr", layer, side), (2, s.capacity(layer), 64))[:, :n]
+            assert stage.tobytes() == ref.roundtrip(fmt, G, x, rotated=rot).tobytes(), (layer, side)
+            if rot and fmt == formats.F32:  # an orthonormal round trip: the values, to f32 rounding
+                assert np.abs(stage - x).max() < 1e-5 * np.abs(x).max()
+        assert s.bytes(layer, 0) == n * 2 * formats.row_bytes(kf, G, 64)
+    with pytest.raises(StoreError) as e:
+        s.rotate(0, False, False)  # holds tokens
+    assert e.value.code == formats.ESTATE
+    s.reset()
+    s.configure(-1, formats.Q4, formats.Q4, 32)  # clears the rotation
+    k, _ = run_step(s, m, 3, rng)
+    stage = f32(m, m.call("kv_layer_ptr", 0, 0), (2, s.capacity(0), 64))[:, :3]
+    assert stage.tobytes() == ref.roundtrip(formats.Q4, 32, k[0]).tobytes()
+
+
+def test_rotation_needs_a_power_of_two_head_dim(wasm_path):
+    s, _ = new_store(wasm_path, SMALL | {"head_dim": 48})
+    with pytest.raises(StoreError) as e:
+        s.rotate(-1, True, True)
+    assert e.value.code == formats.EINVAL
+    s2, _ = new_store(wasm_path)
+    with pytest.raises(StoreError):
+        s2.rotate(7, True, True)  # no such layer

@@ -7,7 +7,9 @@ codes), 16 = IEEE half, 32 = the full fp32 cache. ``k_format`` / ``v_format`` na
 format instead of a width, for the ones a width does not pick (``q4_0``: symmetric 4-bit,
 llama.cpp's ``-ctk q4_0``; ``turbo2/3/4``: a random-sign Walsh-Hadamard rotation, then a
 Lloyd-Max codebook per coordinate and a corrected norm, after TurboQuant, Zandieh et al.,
-ICLR 2026). The byte layouts are in ``kvlab.formats`` and the README.
+ICLR 2026). ``rotate`` puts every row through that rotation on its own before any format
+(and back when staged), so its effect on outlier channels can be seen apart from the
+codebook (the rotations of QuaRot and SpinQuant). The byte layouts are in ``kvlab.formats`` and the README.
 
 Based on the K/V asymmetry observation of the quant.cpp guide (seed 001: key errors are
 amplified by softmax, value errors pass linearly) and llama.cpp's block formats (seed 002).
@@ -35,6 +37,7 @@ class Quant(Technique):
                 Param("group_size", "int", 32, "values sharing one scale", choices=(16, 32, 64)),
                 Param("k_format", "str", None, "the key format by name (instead of k_bits)", choices=FORMAT_NAMES),
                 Param("v_format", "str", None, "the value format by name (instead of v_bits)", choices=FORMAT_NAMES),
+                Param("rotate", "bool", False, "rotate every K and V row (random-sign Walsh-Hadamard) before its format"),
             ),
         )
 
@@ -59,3 +62,5 @@ class Quant(Technique):
 
     def configure(self, store, params: dict, ctx) -> None:
         store.configure(-1, *self.formats_of(params), params["group_size"])
+        if params["rotate"]:
+            store.rotate(-1, True, True)
