@@ -1,4 +1,4 @@
-"""The KV store's formats and error codes: the one Python mirror of ``wasm/kvstore.h``.
+"""The KV store's formats, its rotation and error codes: the one Python mirror of ``wasm/kvstore.h``.
 
 Pure Python (it runs under Pyodide). Byte counts here are formulas; the store's own
 ``kv_bytes`` must equal them (tests/wasm checks both against each other).
@@ -102,6 +102,37 @@ def row_bytes(f: int, group: int, n: int) -> int:
 def token_bytes(k_fmt: int, v_fmt: int, group: int, n_layers: int, n_kv_heads: int, head_dim: int) -> int:
     """Bytes of one token's K and V over all layers (uniform formats)."""
     return n_layers * n_kv_heads * (row_bytes(k_fmt, group, head_dim) + row_bytes(v_fmt, group, head_dim))
+
+
+# ---------------------------------------------------------------------------------------
+# The rotation (kv_rotate_row in wasm/turbo.c): quant's ``rotate`` and the turbo formats
+# ---------------------------------------------------------------------------------------
+
+ROTATE_MAX = 64  # KV_GROUP_MAX: the longest row the store rotates
+
+
+def rotate_row(values: list[float]) -> list[float]:
+    """y = H (s . x) / sqrt(n): the store's random-sign Walsh-Hadamard rotation of one row.
+
+    ``s_j = -1`` where bit j of ``TURBO_SIGNS`` is set; ``H`` is the unnormalised
+    Walsh-Hadamard transform done as the C does it, in butterfly stages h = 1, 2, 4, ...
+    where the pair (j, j + h) becomes (a + b, a - b). H / sqrt(n) is orthonormal, so the
+    row keeps its L2 norm while its energy spreads over every coordinate. Computed in
+    double precision (the store works in float32: they agree to float32 rounding).
+    ``n`` must be a power of two up to 64 (the store itself rotates rows of 4 to 64)."""
+    n = len(values)
+    if not (1 <= n <= ROTATE_MAX and n & (n - 1) == 0):
+        raise ValueError(f"the rotation takes a power of two up to {ROTATE_MAX} values, got {n}")
+    y = [-float(v) if (TURBO_SIGNS >> j) & 1 else float(v) for j, v in enumerate(values)]
+    h = 1
+    while h < n:
+        for start in range(0, n, 2 * h):
+            for j in range(start, start + h):
+                a, b = y[j], y[j + h]
+                y[j], y[j + h] = a + b, a - b
+        h *= 2
+    k = 1.0 / n ** 0.5
+    return [v * k for v in y]
 
 
 # ---------------------------------------------------------------------------------------

@@ -2,8 +2,8 @@
 
 ``static/boot.js`` imports this module under Pyodide and calls ``init(js_host, emit,
 should_stop, profile_json)`` once, then ``generate_json`` / ``reset_json`` /
-``techniques_json`` / ``cache_map_json``. JSON text crosses the bridge instead of proxies:
-one string conversion, nothing to destroy.
+``techniques_json`` / ``cache_map_json`` / ``key_channels_json``. JSON text crosses the
+bridge instead of proxies: one string conversion, nothing to destroy.
 
 Results are the CLI's ``generate --json`` objects; a failure is ``{"error": message}``
 (with ``"kind": "input"`` for bad input, ``"internal"`` otherwise) so the page can show
@@ -13,7 +13,10 @@ the engine's own words and stay usable.
 from __future__ import annotations
 
 import json
+import math
+import struct
 
+from . import formats
 from .engine import Engine, InputError, Request
 from .store import StoreError
 from .techniques import REGISTRY, PolicyError
@@ -195,6 +198,81 @@ def sample_text(opts: dict) -> dict:
 
 def sample_text_json(opts_json: str) -> str:
     return _json_sync(sample_text, opts_json)
+
+
+# ---- one key's channels, before and after the rotation ----------------------------------------
+
+#: kv_layer_ptr's buffer of a layer's staged keys: (kv_heads, capacity, head_dim) f32
+STAGED_K = 0
+
+
+def _whole(name: str, v, hi: int) -> int:
+    """``v`` if it is a whole number in [0, hi), else an InputError naming ``name``."""
+    if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v < hi:
+        raise InputError(f"{name} must be a whole number from 0 to {hi - 1}, got {v!r}")
+    return v
+
+
+def _spread(x: list[float]) -> tuple[float, float]:
+    """(L2 norm, peak-to-RMS ratio max|x| / rms): how much one channel stands out."""
+    norm = math.sqrt(sum(v * v for v in x))
+    rms = norm / math.sqrt(len(x))
+    return norm, (max(abs(v) for v in x) / rms if rms > 0 else 0.0)
+
+
+def newest_key(engine: Engine, layer: int, head: int) -> dict:
+    """The newest live key of one layer and KV head, read from the store's staging (what
+    the model reads: after RoPE, and dequantized when a format is lossy), with its
+    rotation (``formats.rotate_row``). Layer and head must be in range."""
+    store = engine.store
+    if store.tokens(-1) == 0:
+        raise InputError("nothing cached yet: generate first")
+    live = store.live(layer, head)
+    if live == 0:
+        raise InputError(f"layer {layer} KV head {head} keeps no entries")
+    # a head's entries sit in position order in slots [0, live): its newest is the last
+    slot, D, P = live - 1, store.head_dim, store.capacity(layer)
+    ptr = store.module.call("kv_layer_ptr", layer, STAGED_K)
+    if ptr <= 0:  # an error code, or 0: no staging allocated
+        raise StoreError(ptr or formats.ESTATE, "kv_layer_ptr")
+    raw = store.module.read(ptr + 4 * (head * P + slot) * D, 4 * D)
+    channels = list(struct.unpack(f"<{D}f", raw))
+    rotated = formats.rotate_row(channels)
+    (n0, p0), (n1, p1) = _spread(channels), _spread(rotated)
+    positions = store.positions(layer, head)  # original positions: they differ once evicted
+    return {"layer": layer, "head": head, "position": positions[slot] if slot < len(positions) else slot,
+            "channels": channels, "rotated": rotated,
+            "peak_to_rms": {"before": p0, "after": p1}, "norm": {"before": n0, "after": n1}}
+
+
+def key_channels(opts: dict | None = None) -> dict:
+    """One real key vector's ``head_dim`` channels before and after the random-sign
+    Walsh-Hadamard rotation that ``quant``'s ``rotate`` and the turbo formats use: the
+    newest live entry of ``{"layer", "head"}`` (a KV head; both default 0) in the store as
+    it is now. The values are the key as the model reads it: after RoPE, and dequantized
+    when a quant policy is active (so a rotated policy shows its rows already unrotated).
+
+    Returns ``{layer, head, position, channels, rotated, peak_to_rms: {before, after},
+    norm: {before, after}}``; the two norms agree to float rounding (the rotation is
+    orthonormal), while the peak-to-RMS ratio shows how far the largest channel stands
+    above the rest."""
+    if _engine is None:
+        return {"error": "the engine is not started yet", "kind": "internal"}
+    opts = {} if opts is None else opts
+    c = _engine.config
+    try:
+        check_options(opts, ("layer", "head"), "keyChannels")
+        layer = _whole("layer", opts.get("layer", 0), c["n_layers"])
+        head = _whole("head (a KV head)", opts.get("head", 0), c["n_kv_heads"])
+        return newest_key(_engine, layer, head)
+    except InputError as e:
+        return {"error": str(e), "kind": "input"}
+    except StoreError as e:
+        return {"error": str(e), "kind": "store"}
+
+
+def key_channels_json(opts_json: str = "{}") -> str:
+    return _json_sync(key_channels, opts_json)
 
 
 # ---- the head profile ----------------------------------------------------------------------

@@ -240,6 +240,7 @@ function showError(step, message) {
 let busy = false;
 let stopRequested = false;
 const BUSY_MAP = "the engine is busy: read the map between runs, or generate with cacheMap: true (every kvlab:token event carries it)";
+const BUSY_KEYS = "the engine is busy: read a key's channels between runs";
 
 async function callWeb(fn) {
   await api.start();
@@ -314,6 +315,18 @@ const api = {
     refuse();
     // checked again right before Python: a run may have started while start() resolved
     return callWeb((web) => { refuse(); return web.cache_map_json(JSON.stringify(opts)); });
+  },
+
+  /** One real key vector's channels before and after the random-sign Walsh-Hadamard
+   *  rotation (quant's `rotate`, the turbo formats): the newest live entry of a layer and
+   *  KV head in the store now, as the model reads it (dequantized under a quant policy).
+   *  opts: {layer, head} (default 0, 0). Resolves with {layer, head, position, channels,
+   *  rotated, peak_to_rms: {before, after}, norm: {before, after}}; rejects with
+   *  err.kind "input" for a bad layer or head, or when nothing is cached. Between runs only. */
+  async keyChannels(opts = {}) {
+    const refuse = () => { if (busy) throw new Error(BUSY_KEYS); };
+    refuse();
+    return callWeb((web) => { refuse(); return web.key_channels_json(JSON.stringify(opts)); });
   },
 
   /** About `tokens` tokens of real text (CPython's reference documentation, as the
