@@ -1,0 +1,61 @@
+"""The quantization table's command still works, and one committed row recomputes.
+
+``benchmarks/quant_table.py`` makes ``results/quant.jsonl`` (about half an hour on 2 cores,
+committed with each row's provenance); this runs the command on a tiny case and recomputes
+one committed row with the engine, so the committed figures stay the code's.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+SCRIPT = REPO / "benchmarks" / "quant_table.py"
+RESULTS = REPO / "results" / "quant.jsonl"
+
+pytestmark = pytest.mark.slow
+
+
+def load():
+    spec = importlib.util.spec_from_file_location("quant_table", SCRIPT)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_the_command_runs_and_renders(bundle, tmp_path):
+    out = tmp_path / "q.jsonl"
+    args = [sys.executable, str(SCRIPT), "--artifacts", str(bundle), "--rows", "FP32", "K3 + V4 rotated",
+            "--seeds", "0", "1", "--context", "128", "--positions", "16", "--out", str(out)]
+    r = subprocess.run(args, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [(x["row"], x["seed"]) for x in rows] == [("FP32", 0), ("K3 + V4 rotated", 0), ("FP32", 1),
+                                                    ("K3 + V4 rotated", 1)]
+    assert rows[0]["result"]["kld_vs_full"] == 0 and rows[1]["result"]["kld_vs_full"] > 0
+    assert rows[1]["result"]["policy"]["quant"]["rotate"] is True
+    again = subprocess.run(args, capture_output=True, text=True)  # every row is there: nothing to do
+    assert again.returncode == 0 and len(out.read_text().splitlines()) == 4
+    table = subprocess.run([sys.executable, str(SCRIPT), "--render", "--out", str(out)], capture_output=True, text=True)
+    assert table.returncode == 0 and "| K3 + V4 rotated | 2 |" in table.stdout
+    bad = subprocess.run(args[:5] + ["K9"], capture_output=True, text=True)
+    assert bad.returncode != 0 and "unknown row 'K9'" in bad.stderr
+
+
+def test_a_committed_row_recomputes(engine):
+    from kvlab.evaluate import evaluate
+
+    rows = [json.loads(line) for line in RESULTS.read_text().splitlines()]
+    row = next(x for x in rows if x["row"] == "K3 + V4 rotated")
+    want = row["result"]
+    got = evaluate(engine, "ppl", load().ROWS[row["row"]], context=row["context"], seed=row["seed"],
+                   positions=row["positions"])
+    assert got["cache_bytes"] == want["cache_bytes"]
+    assert got["score"] == pytest.approx(want["score"], rel=1e-3)
+    assert got["kld_vs_full"] == pytest.approx(want["kld_vs_full"], rel=2e-2, abs=1e-4)
