@@ -44,7 +44,7 @@ def wasm_path(request):
 # size_t and pointers are all 4 bytes; arrays spelled out)
 STATE_FIELDS = "ready n_layers n_kv_heads n_q_heads head_dim vocab layer table io io_cap open_S last_S appended".split()
 LAYER_FIELDS = (
-    "fmt0 fmt1 group row0 row1 data0 data1 ccap live used pos score score_held "
+    "fmt0 fmt1 group row0 row1 rot0 rot1 data0 data1 ccap live used pos score score_held "
     "stage0 stage1 mask pcap prev step_P step_ok"
 ).split()
 
