@@ -14,8 +14,10 @@ max) of KL and of the PPL change, so that one text's luck does not read as a res
 
 Seed 001 (quant.cpp on Llama 3.2 1B) reports, each "+ k128" (the newest 128 keys kept in
 fp32): K4 + V16 +1.3 % PPL at 2.9x, K4 + V4 +3.0 % at 6.4x, K3 + V4 +9.8 % at 7.1x, K4 + V2
-+102 % at 8.0x. The rows here are its configurations without k128 (this lab's quant has no
-recent-keys window yet), and this lab's other formats beside them.
++102 % at 8.0x, and "+ PyramidKV (b=256)" on top of K4 + V4 + k128: "~same" at "6.4x+". The
+rows here are its configurations with and without k128 (``recent_k: 128``), and this lab's
+other formats and layouts beside them (rotation, TurboQuant-style codebooks, KIVI's
+per-channel keys).
 """
 
 from __future__ import annotations
@@ -58,6 +60,16 @@ ROWS = {
     "turbo4 / turbo4": q(k_format="turbo4", v_format="turbo4"),
     "turbo3 / turbo3": q(k_format="turbo3", v_format="turbo3"),
     "turbo3 / turbo2": q(k_format="turbo3", v_format="turbo2"),
+    "K4 + V16 + k128": q(k_bits=4, v_bits=16, recent_k=128),
+    "K4 + V4 + k128": q(k_bits=4, v_bits=4, recent_k=128),
+    "K4 + V4 + k128 + PyramidKV (b=256)": q(k_bits=4, v_bits=4, recent_k=128) | {"pyramidkv": {"budget": 256}},
+    "K3 + V4 + k128": q(k_bits=3, v_bits=4, recent_k=128),
+    "K4 + V2 + k128": q(k_bits=4, v_bits=2, recent_k=128),
+    "KIVI K4 + V4": q(k_bits=4, v_bits=4, k_axis="channel"),
+    "KIVI K3 + V3": q(k_bits=3, v_bits=3, k_axis="channel"),
+    "KIVI K3 + V2": q(k_bits=3, v_bits=2, k_axis="channel"),
+    "KIVI K2 + V2": q(k_bits=2, v_bits=2, k_axis="channel"),
+    "KIVI K2 + V2, r128": q(k_bits=2, v_bits=2, k_axis="channel", recent_k=128, recent_v=128),
 }
 
 

@@ -40,6 +40,10 @@ typedef struct {
     int32_t *pos;
     float *score;
     int32_t ccap;
+    float *res[2];
+    uint8_t *bpar[2];
+    int32_t *bcnt[2];
+    int32_t bcap;
 } kv_grow;
 
 static kv_grow *grow; // (n_layers,) scratch of kv_step_begin
@@ -62,6 +66,20 @@ static int32_t grow_cap(int32_t cur, int64_t need) {
 
 static void *alloc_bytes(uint64_t n) { return n > MAX_BYTES ? 0 : kv_malloc((size_t)n); }
 
+// The aging buffers of a layer (res, block params and counts) go; the settings stay.
+static void free_aging(kv_layer *L) {
+    for (int p = 0; p < 2; p++) {
+        kv_mfree(L->res[p]);
+        kv_mfree(L->bpar[p]);
+        kv_mfree(L->bcnt[p]);
+        L->res[p] = 0;
+        L->bpar[p] = 0;
+        L->bcnt[p] = 0;
+        for (int32_t h = 0; h < kv.n_kv_heads; h++) L->fresh[p][h] = L->nblk[p][h] = 0;
+    }
+    L->bcap = 0;
+}
+
 static void free_layer(kv_layer *L) {
     for (int p = 0; p < 2; p++) {
         kv_mfree(L->stage[p]);
@@ -69,6 +87,7 @@ static void free_layer(kv_layer *L) {
         L->stage[p] = 0;
         L->data[p] = 0;
     }
+    free_aging(L);
     kv_mfree(L->mask);
     kv_mfree(L->pos);
     kv_mfree(L->score);
@@ -89,6 +108,11 @@ static void free_grow(kv_grow *g) {
     kv_mfree(g->mask);
     kv_mfree(g->pos);
     kv_mfree(g->score);
+    for (int p = 0; p < 2; p++) {
+        kv_mfree(g->res[p]);
+        kv_mfree(g->bpar[p]);
+        kv_mfree(g->bcnt[p]);
+    }
     *g = (kv_grow){0};
 }
 
@@ -135,7 +159,8 @@ int32_t kv_init(int32_t n_layers, int32_t n_kv_heads, int32_t n_q_heads, int32_t
     kv_layer *layer = kv_malloc(sizeof(kv_layer) * (size_t)n_layers);
     kv_grow *g = kv_malloc(sizeof(kv_grow) * (size_t)n_layers);
     int32_t *table = kv_malloc(4u * (size_t)(TABLE_HEAD + TABLE_LAYER * n_layers));
-    int32_t *heads = kv_malloc(4u * 2u * (size_t)n_layers * (size_t)n_kv_heads); // live, prev
+    // per layer and head: live, prev, fresh K / V, nblk K / V
+    int32_t *heads = kv_malloc(4u * 6u * (size_t)n_layers * (size_t)n_kv_heads);
     if (!layer || !g || !table || !heads || kv_sample_reserve(vocab) != KV_OK) {
         kv_mfree(layer);
         kv_mfree(g);
@@ -158,11 +183,13 @@ int32_t kv_init(int32_t n_layers, int32_t n_kv_heads, int32_t n_q_heads, int32_t
     kv.layer = layer;
     grow = g;
     kv.table = table;
-    __builtin_memset(heads, 0, 4u * 2u * (size_t)n_layers * (size_t)n_kv_heads);
+    __builtin_memset(heads, 0, 4u * 6u * (size_t)n_layers * (size_t)n_kv_heads);
     for (int32_t l = 0; l < n_layers; l++) {
+        int32_t *at = heads + (size_t)6 * l * n_kv_heads;
         layer[l] = (kv_layer){.fmt = {KV_F32, KV_F32}, .group = KV_GROUP_DEFAULT, .row = {4 * head_dim, 4 * head_dim},
-                              .live = heads + (size_t)2 * l * n_kv_heads,
-                              .prev = heads + (size_t)(2 * l + 1) * n_kv_heads};
+                              .live = at, .prev = at + n_kv_heads,
+                              .fresh = {at + 2 * n_kv_heads, at + 3 * n_kv_heads},
+                              .nblk = {at + 4 * n_kv_heads, at + 5 * n_kv_heads}};
         g[l] = (kv_grow){0};
     }
     kv.io = 0;
@@ -198,7 +225,9 @@ int32_t kv_configure(int32_t layer, int32_t k_fmt, int32_t v_fmt, int32_t group)
             L->fmt[p] = fmts[p];
             L->row[p] = row;
             L->rot[p] = 0; // a new choice of formats starts unrotated (kv_rotate after it)
+            L->recent[p] = L->axis[p] = L->rcap[p] = 0; // and without aging (kv_age after it)
         }
+        free_aging(L);
         if (!L->data[0] || !L->data[1]) { // streams are reserved in pairs
             for (int p = 0; p < 2; p++) kv_mfree(L->data[p]), L->data[p] = 0;
             // The position list stays: a layer emptied by eviction is not "entry e is
@@ -235,10 +264,138 @@ KV_EXPORT(kv_rotate) int32_t kv_rotate(int32_t layer, int32_t k_on, int32_t v_on
     return KV_OK;
 }
 
+// Age part `part` (0 K, 1 V) of a layer (-1: all layers): each head's newest `recent`
+// entries wait exact (fp32, counted in kv_bytes) and go into the format when they leave
+// that window (axis 0: seed 001's progressive keys, k128); with axis 1 the format is
+// applied per channel to blocks of G = group entries (KIVI: Q4, Q3 or Q2 only, head_dim a
+// multiple of 16 up to KV_CHANNEL_DMAX), a block once recent + G entries wait. recent = 0
+// with axis 0 turns aging off. KV_EINVAL for a bad setting, KV_ESTATE if a chosen layer
+// holds entries (nothing changes then). kv_configure clears it.
+KV_EXPORT(kv_age) int32_t kv_age(int32_t layer, int32_t part, int32_t recent, int32_t axis) {
+    if (!kv.ready) return KV_ESTATE;
+    if (layer < -1 || layer >= kv.n_layers || part < 0 || part > 1 || recent < 0 || recent > (1 << 20) ||
+        axis < 0 || axis > 1)
+        return KV_EINVAL;
+    int32_t lo = layer < 0 ? 0 : layer, hi = layer < 0 ? kv.n_layers : layer + 1;
+    for (int32_t l = lo; l < hi; l++) {
+        if (kv.layer[l].used > 0) return KV_ESTATE;
+        if (axis && !kv_channel_ok(kv.layer[l].fmt[part], kv.layer[l].group, kv.head_dim)) return KV_EINVAL;
+    }
+    for (int32_t l = lo; l < hi; l++) {
+        kv_layer *L = &kv.layer[l];
+        int32_t row = axis ? (int32_t)kv_channel_row_bytes(kv_channel_bits(L->fmt[part]), kv.head_dim)
+                           : (int32_t)kv_row_bytes(L->fmt[part], L->group, kv.head_dim);
+        if (row != L->row[part]) { // streams are reserved in pairs, for their row sizes
+            for (int p = 0; p < 2; p++) kv_mfree(L->data[p]), L->data[p] = 0;
+            kv_mfree(L->score), L->score = 0;
+            L->score_held = 0;
+            L->ccap = 0;
+        }
+        L->row[part] = row;
+        free_aging(L);
+        L->recent[part] = recent;
+        L->axis[part] = axis;
+        L->rcap[part] = axis ? recent + L->group - 1 : recent;
+    }
+    kv.open_S = 0;
+    return KV_OK;
+}
+
 KV_EXPORT(kv_reset) int32_t kv_reset(void) {
     if (!kv.ready) return KV_ESTATE;
     free_all();
     return KV_OK;
+}
+
+// ---------------------------------------------------------------------------------------
+// Aging: entries wait exact in res, then go into the format (kv_age)
+// ---------------------------------------------------------------------------------------
+
+static int32_t most_blocks(const kv_layer *L) {
+    int32_t most = 0;
+    for (int p = 0; p < 2; p++)
+        for (int32_t h = 0; h < kv.n_kv_heads; h++) most = L->nblk[p][h] > most ? L->nblk[p][h] : most;
+    return most;
+}
+
+// Entries of a head that a commit of S tokens puts into the format: the oldest of its
+// waiting ones and the new ones, beyond the window (whole blocks on axis 1).
+static int32_t to_age(const kv_layer *L, int p, int32_t h, int32_t S) {
+    int32_t n = L->fresh[p][h] + S - L->recent[p];
+    if (n < 0) n = 0;
+    return L->axis[p] ? n - n % L->group : n;
+}
+
+// Block slots per head a commit of S tokens needs (0 without per-channel parts).
+static int64_t blocks_needed(const kv_layer *L, int32_t S) {
+    int64_t need = 0;
+    for (int p = 0; p < 2; p++)
+        if (L->axis[p])
+            for (int32_t h = 0; h < kv.n_kv_heads; h++) {
+                int64_t b = (int64_t)L->nblk[p][h] + to_age(L, p, h, S) / L->group;
+                need = b > need ? b : need;
+            }
+    return need;
+}
+
+// One entry e of head h into part p's format from x (D,), and its value as the cache now
+// holds it into the staging slot.
+static void store_entry(kv_layer *L, int p, int32_t h, int32_t e, const float *x) {
+    const int32_t D = kv.head_dim;
+    uint8_t *row = L->data[p] + ((size_t)h * L->ccap + e) * (size_t)L->row[p];
+    float *slot = L->stage[p] + ((size_t)h * L->pcap + e) * D;
+    if (L->rot[p]) { // rotate into the slot, store that, stage it rotated back
+        kv_rotate_row(x, D, slot);
+        x = slot;
+    }
+    kv_quantize_row(L->fmt[p], L->group, x, D, row);
+    kv_dequantize_row(L->fmt[p], L->group, row, D, slot);
+    if (L->rot[p]) kv_unrotate_row(slot, D);
+}
+
+static float block_in[KV_GROUP_MAX * KV_CHANNEL_DMAX]; // (G, D) one block's values
+
+// Waiting item i of head h during a commit: its i-th waiting entry (i < f), else new row i - f.
+static const float *waiting(const kv_layer *L, int p, int32_t h, int32_t f, const float *x, int32_t i) {
+    const int32_t D = kv.head_dim;
+    return i < f ? L->res[p] + ((size_t)h * L->rcap[p] + i) * D : x + (size_t)(i - f) * D;
+}
+
+// Waiting items i0 .. i0 + G - 1 as one per-channel block: entries e0 .. e0 + G - 1.
+static void store_block(kv_layer *L, int p, int32_t h, int32_t e0, int32_t f, const float *x, int32_t i0) {
+    const int32_t D = kv.head_dim, G = L->group, bits = kv_channel_bits(L->fmt[p]);
+    for (int32_t t = 0; t < G; t++) {
+        const float *xi = waiting(L, p, h, f, x, i0 + t);
+        if (L->rot[p]) kv_rotate_row(xi, D, block_in + (size_t)t * D);
+        else __builtin_memcpy(block_in + (size_t)t * D, xi, 4ull * D);
+    }
+    int32_t b = L->nblk[p][h]++;
+    uint8_t *params = L->bpar[p] + ((size_t)h * L->bcap + b) * KV_CHANNEL_PARAM_BYTES(D);
+    uint8_t *codes = L->data[p] + ((size_t)h * L->ccap + e0) * (size_t)L->row[p];
+    float *slots = L->stage[p] + ((size_t)h * L->pcap + e0) * D;
+    L->bcnt[p][(size_t)h * L->bcap + b] = G;
+    kv_channel_quantize(bits, G, block_in, D, params, codes);
+    kv_channel_dequantize(bits, G, params, codes, D, slots);
+    if (L->rot[p])
+        for (int32_t t = 0; t < G; t++) kv_unrotate_row(slots + (size_t)t * D, D);
+}
+
+// Append S new rows x (S, D) to part p of head h (live n) on an aging layer: what leaves
+// the window goes into the format, the rest waits in res (and is staged exact).
+static void append_aging(kv_layer *L, int p, int32_t h, int32_t n, const float *x, int32_t S) {
+    const int32_t D = kv.head_dim, f = L->fresh[p][h], e0 = n - f, c = f + S, aged = to_age(L, p, h, S);
+    if (L->axis[p])
+        for (int32_t i = 0; i < aged; i += L->group) store_block(L, p, h, e0 + i, f, x, i);
+    else
+        for (int32_t i = 0; i < aged; i++) store_entry(L, p, h, e0 + i, waiting(L, p, h, f, x, i));
+    float *res = L->res[p] + (size_t)h * L->rcap[p] * D;
+    if (aged && aged < f) __builtin_memmove(res, res + (size_t)aged * D, 4ull * (f - aged) * D);
+    for (int32_t i = aged > f ? aged : f; i < c; i++) {
+        const float *xi = x + (size_t)(i - f) * D;
+        __builtin_memcpy(res + (size_t)(i - aged) * D, xi, 4ull * D);
+        __builtin_memcpy(L->stage[p] + ((size_t)h * L->pcap + e0 + i) * D, xi, 4ull * D);
+    }
+    L->fresh[p][h] = c - aged;
 }
 
 // ---------------------------------------------------------------------------------------
@@ -279,6 +436,16 @@ KV_EXPORT(kv_step_begin) int32_t kv_step_begin(int32_t S) {
             if (!g->data[0] || !g->data[1]) failed = 1;
             if (L->pos && !(g->pos = alloc_bytes(4ull * H * g->ccap))) failed = 1;
             if (L->score && !(g->score = alloc_bytes(4ull * H * g->ccap))) failed = 1;
+        }
+        for (int p = 0; p < 2 && !failed; p++) // the aging window: fixed size, made once
+            if (L->rcap[p] && !L->res[p] && !(g->res[p] = alloc_bytes(4ull * H * L->rcap[p] * D))) failed = 1;
+        int64_t blocks = blocks_needed(L, S);
+        if (!failed && blocks > L->bcap) {
+            g->bcap = blocks + blocks / 4 + 1;
+            for (int p = 0; p < 2; p++)
+                if (L->axis[p] && (!(g->bpar[p] = alloc_bytes((uint64_t)H * g->bcap * KV_CHANNEL_PARAM_BYTES(D))) ||
+                                   !(g->bcnt[p] = alloc_bytes(4ull * H * g->bcap))))
+                    failed = 1;
         }
         if (failed) break;
         io_floats += 2 * r4((uint64_t)(H * S * D)) + r4((uint64_t)(Q * (g->pcap + S))) + r4((uint64_t)Q);
@@ -327,6 +494,21 @@ KV_EXPORT(kv_step_begin) int32_t kv_step_begin(int32_t S) {
                 L->score = g->score;
             }
             L->ccap = g->ccap;
+        }
+        for (int p = 0; p < 2; p++)
+            if (g->res[p]) L->res[p] = g->res[p]; // new: nothing waits yet
+        if (g->bcap) {
+            int32_t most = most_blocks(L);
+            for (int p = 0; p < 2; p++) {
+                if (!L->axis[p]) continue;
+                relayout(g->bpar[p], L->bpar[p], (int32_t)H, L->bcap, g->bcap, most, KV_CHANNEL_PARAM_BYTES(D));
+                relayout(g->bcnt[p], L->bcnt[p], (int32_t)H, L->bcap, g->bcap, most, 4);
+                kv_mfree(L->bpar[p]);
+                kv_mfree(L->bcnt[p]);
+                L->bpar[p] = g->bpar[p];
+                L->bcnt[p] = g->bcnt[p];
+            }
+            L->bcap = g->bcap;
         }
         L->step_ok = 0; // a new step: the last one's attention no longer maps onto entries
         *g = (kv_grow){0};
@@ -380,18 +562,10 @@ KV_EXPORT(kv_step_commit) int32_t kv_step_commit(int32_t S) {
         for (int32_t h = 0; h < H; h++) {
             const int32_t n = L->live[h];
             for (int p = 0; p < 2; p++) {
-                for (int32_t s = 0; s < S; s++) {
-                    uint8_t *row = L->data[p] + ((size_t)h * L->ccap + n + s) * (size_t)L->row[p];
-                    float *slot = L->stage[p] + ((size_t)h * L->pcap + n + s) * D;
-                    const float *x = src[p] + ((size_t)h * S + s) * D;
-                    if (L->rot[p]) { // rotate into the slot, store that, stage it rotated back
-                        kv_rotate_row(x, D, slot);
-                        x = slot;
-                    }
-                    kv_quantize_row(L->fmt[p], L->group, x, D, row);
-                    kv_dequantize_row(L->fmt[p], L->group, row, D, slot);
-                    if (L->rot[p]) kv_unrotate_row(slot, D);
-                }
+                const float *x = src[p] + (size_t)h * S * D; // (S, D)
+                if (L->rcap[p]) append_aging(L, p, h, n, x, S);
+                else
+                    for (int32_t s = 0; s < S; s++) store_entry(L, p, h, n + s, x + (size_t)s * D);
             }
             for (int32_t s = 0; s < S; s++) {
                 L->mask[(size_t)h * L->pcap + n + s] = 0.0f;
@@ -445,6 +619,17 @@ void kv_fit_layer(kv_layer *L) {
         }
         L->ccap = cap;
     }
+    int32_t bcap = most_blocks(L) + 1; // room for the block a decode step may age
+    if (L->bcap && bcap < L->bcap) {
+        for (int p = 0; p < 2; p++) {
+            if (!L->axis[p]) continue;
+            relayout(L->bpar[p], L->bpar[p], H, L->bcap, bcap, bcap - 1, KV_CHANNEL_PARAM_BYTES(D));
+            kv_mshrink(L->bpar[p], (size_t)H * bcap * KV_CHANNEL_PARAM_BYTES(D));
+            relayout(L->bcnt[p], L->bcnt[p], H, L->bcap, bcap, bcap - 1, 4);
+            kv_mshrink(L->bcnt[p], 4ull * H * bcap);
+        }
+        L->bcap = bcap;
+    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -455,7 +640,9 @@ void kv_fit_layer(kv_layer *L) {
 // held n tokens, and the next token's position is n. Lets a tool read a long prefix once
 // and then try several continuations of it (the profiler's layer-sensitivity pass).
 // KV_EINVAL if n is not in [0, appended]; KV_ESTATE once any layer has evicted (entries are
-// no longer the appended tokens in order). Cancels an open step. Memory stays reserved.
+// no longer the appended tokens in order), or if n would cut a per-channel block. Entries
+// that had left an aging window stay in their format. Cancels an open step. Memory stays
+// reserved.
 KV_EXPORT(kv_truncate) int32_t kv_truncate(int32_t n) {
     if (!kv.ready) return KV_ESTATE;
     if (n < 0 || n > kv.appended) return KV_EINVAL;
@@ -463,8 +650,11 @@ KV_EXPORT(kv_truncate) int32_t kv_truncate(int32_t n) {
     for (int32_t l = 0; l < kv.n_layers; l++) {
         const kv_layer *L = &kv.layer[l];
         if (L->pos || L->used != kv.appended) return KV_ESTATE;
-        for (int32_t h = 0; h < H; h++)
+        for (int32_t h = 0; h < H; h++) {
             if (L->live[h] != kv.appended) return KV_ESTATE;
+            for (int p = 0; p < 2; p++)
+                if (L->axis[p] && n < kv_aged(L, p, h)) return KV_ESTATE;
+        }
     }
     for (int32_t l = 0; l < kv.n_layers; l++) {
         kv_layer *L = &kv.layer[l];
@@ -472,6 +662,10 @@ KV_EXPORT(kv_truncate) int32_t kv_truncate(int32_t n) {
             for (int p = 0; p < 2; p++)
                 __builtin_memset(L->stage[p] + ((size_t)h * L->pcap + n) * D, 0, 4ull * (L->used - n) * D);
             for (int32_t t = n; t < L->used; t++) L->mask[(size_t)h * L->pcap + t] = MASK_EMPTY;
+            for (int p = 0; p < 2; p++) { // the waiting entries before n stay where they are
+                int32_t aged = kv_aged(L, p, h);
+                L->fresh[p][h] = n > aged ? n - aged : 0;
+            }
             L->live[h] = n;
         }
         L->used = n;
@@ -510,10 +704,13 @@ static int32_t layer_range(int32_t layer, int32_t *lo, int32_t *hi) {
     return 1;
 }
 
-// Exact bytes held for `part` of a layer (-1: all layers): 0 = K rows (payload + scales),
-// 1 = V rows, 2 = the index: 4 bytes per live entry for its original position once the layer
-// has evicted, plus 4 per live entry for its score while scores accumulate across steps
-// (H2O). Capacity slack is not counted (see kv_heap_bytes).
+// Exact bytes held for `part` of a layer (-1: all layers): 0 = K (rows with their scales,
+// the entries waiting exact in an aging window at 4 head_dim bytes each, the per-channel
+// blocks' params), 1 = V likewise, 2 = the index: 4 bytes per live entry for its original
+// position once the layer has evicted, plus 4 per live entry for its score while scores
+// accumulate across steps (H2O), plus 4 per per-channel block for its live count once the
+// layer has evicted (before, every block holds G). Capacity slack is not counted (see
+// kv_heap_bytes).
 KV_EXPORT(kv_bytes) int32_t kv_bytes(int32_t layer, int32_t part) {
     if (!kv.ready) return KV_ESTATE;
     int32_t lo, hi;
@@ -521,10 +718,15 @@ KV_EXPORT(kv_bytes) int32_t kv_bytes(int32_t layer, int32_t part) {
     uint64_t total = 0;
     for (int32_t l = lo; l < hi; l++) {
         const kv_layer *L = &kv.layer[l];
-        uint64_t entries = 0;
-        for (int32_t h = 0; h < kv.n_kv_heads; h++) entries += (uint64_t)L->live[h];
-        if (part < 2) total += entries * (uint64_t)L->row[part];
-        else total += entries * (4u * (L->pos != 0) + 4u * (L->score != 0 && L->score_held));
+        for (int32_t h = 0; h < kv.n_kv_heads; h++) {
+            uint64_t live = (uint64_t)L->live[h];
+            if (part < 2)
+                total += (uint64_t)kv_aged(L, part, h) * L->row[part] + 4ull * kv.head_dim * L->fresh[part][h] +
+                         (L->axis[part] ? KV_CHANNEL_PARAM_BYTES(kv.head_dim) * L->nblk[part][h] : 0);
+            else
+                total += live * (4u * (L->pos != 0) + 4u * (L->score != 0 && L->score_held)) +
+                         (L->pos ? 4ull * ((uint64_t)L->nblk[0][h] + L->nblk[1][h]) : 0);
+        }
     }
     return (int32_t)total;
 }
@@ -588,16 +790,26 @@ KV_EXPORT(kv_layer_ptr) int32_t kv_layer_ptr(int32_t layer, int32_t which) {
     return (int32_t)(uintptr_t)p[which];
 }
 
-// Copy one head's live compressed rows (part 0 K, 1 V) to dst: live * row bytes, in entry
-// order. Returns the bytes written.
+// Copy what one head holds for part 0 (K) or 1 (V) to dst: the rows of the entries in the
+// format (row bytes each, entry order), then on a per-channel part the blocks' params (4
+// head_dim bytes each, block order), then the entries waiting in the aging window (fp32,
+// oldest first). Returns the bytes written (= this head's share of kv_bytes).
 KV_EXPORT(kv_rows) int32_t kv_rows(int32_t layer, int32_t head, int32_t part, int32_t dst) {
     if (!kv.ready) return KV_ESTATE;
     if (layer < 0 || layer >= kv.n_layers || head < 0 || head >= kv.n_kv_heads || part < 0 || part > 1)
         return KV_EINVAL;
     const kv_layer *L = &kv.layer[layer];
-    size_t n = (size_t)L->live[head] * L->row[part];
-    if (n) __builtin_memmove((void *)(uintptr_t)(uint32_t)dst, L->data[part] + (size_t)head * L->ccap * L->row[part], n);
-    return (int32_t)n;
+    uint8_t *out = (uint8_t *)(uintptr_t)(uint32_t)dst;
+    size_t n = (size_t)kv_aged(L, part, head) * L->row[part];
+    if (n) __builtin_memmove(out, L->data[part] + (size_t)head * L->ccap * L->row[part], n);
+    if (L->axis[part]) {
+        size_t b = KV_CHANNEL_PARAM_BYTES(kv.head_dim) * L->nblk[part][head];
+        if (b) __builtin_memmove(out + n, L->bpar[part] + (size_t)head * L->bcap * KV_CHANNEL_PARAM_BYTES(kv.head_dim), b);
+        n += b;
+    }
+    size_t w = 4ull * kv.head_dim * L->fresh[part][head];
+    if (w) __builtin_memmove(out + n, L->res[part] + (size_t)head * L->rcap[part] * kv.head_dim, w);
+    return (int32_t)(n + w);
 }
 
 // The ABI version (KV_VERSION).

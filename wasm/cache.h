@@ -47,6 +47,19 @@ typedef struct {
     int32_t *prev;    // (kv_heads,) live entries before the last commit
     int32_t step_P;   // the P the model saw in that step
     int32_t step_ok;  // 1 while that mapping holds (an eviction or a new step ends it)
+    // aging (kv_age), per part: the newest entries of each head wait exact, in fp32, in
+    // `res`; an entry is put into the format when it leaves the window of `recent` (axis
+    // 0), or G = group at a time as one per-channel block (axis 1, KIVI: once recent + G
+    // wait). Entry e of head h is in the format iff e < live[h] - fresh[p][h].
+    int32_t recent[2]; // the window (0 with axis 0: no aging, every entry in the format)
+    int32_t axis[2];   // 0: one row per entry; 1: per-channel blocks of G entries
+    int32_t rcap[2];   // res slots per head: recent (axis 0), recent + G - 1 (axis 1); 0: none
+    int32_t *fresh[2]; // (kv_heads,) entries held in res
+    float *res[2];     // (kv_heads, rcap, head_dim) f32, oldest first
+    uint8_t *bpar[2];  // axis 1: (kv_heads, bcap, 4 head_dim) each block's params
+    int32_t *bcnt[2];  // axis 1: (kv_heads, bcap) each block's live entries (in entry order)
+    int32_t *nblk[2];  // axis 1: (kv_heads,) blocks held
+    int32_t bcap;      // block capacity per head
 } kv_layer;
 
 typedef struct {
@@ -73,6 +86,9 @@ static inline const int32_t *kv_table_layer(int32_t l) { return kv.table + TABLE
 static inline int32_t kv_entry_pos(const kv_layer *L, int32_t h, int32_t e) {
     return L->pos ? L->pos[(size_t)h * L->ccap + e] : e;
 }
+
+// Entries of head h held in the format of part p (the rest wait in res).
+static inline int32_t kv_aged(const kv_layer *L, int p, int32_t h) { return L->live[h] - L->fresh[p][h]; }
 
 // cache.c: shrink a layer's staging and streams to fit its live entries (plus one slot of
 // room for the next decode step); never fails (a shrink that cannot return memory keeps it).

@@ -228,17 +228,52 @@ static void select_best(const ranking *r, int32_t *idx, int32_t n, int32_t k) {
     }
 }
 
+// Part p of head h keeps the flagged entries, in order: the rows of those in the format,
+// the waiting ones of an aging window, and on a per-channel part each block's count of
+// survivors (a block's params go with its last entry). Before live changes.
+static void compact_part(kv_layer *L, int p, int32_t h, const uint8_t *keep) {
+    const int32_t D = kv.head_dim, n = L->live[h], aged = kv_aged(L, p, h);
+    const size_t row = (size_t)L->row[p];
+    uint8_t *base = L->data[p] + (size_t)h * L->ccap * row;
+    float *res = L->res[p] ? L->res[p] + (size_t)h * L->rcap[p] * D : 0;
+    int32_t j = 0, kept_aged = 0;
+    for (int32_t e = 0; e < n; e++) {
+        if (!keep[e]) continue;
+        if (e < aged) {
+            if (j != e) __builtin_memmove(base + (size_t)j * row, base + (size_t)e * row, row);
+            kept_aged++;
+        } else if (j - kept_aged != e - aged) {
+            __builtin_memmove(res + (size_t)(j - kept_aged) * D, res + (size_t)(e - aged) * D, 4ull * D);
+        }
+        j++;
+    }
+    if (L->axis[p]) {
+        const size_t pb = KV_CHANNEL_PARAM_BYTES(D);
+        int32_t *cnt = L->bcnt[p] + (size_t)h * L->bcap;
+        uint8_t *par = L->bpar[p] + (size_t)h * L->bcap * pb;
+        int32_t e = 0, nb = 0;
+        for (int32_t b = 0; b < L->nblk[p][h]; b++) {
+            int32_t left = 0;
+            for (int32_t t = 0; t < cnt[b]; t++) left += keep[e++];
+            if (!left) continue;
+            if (nb != b) __builtin_memmove(par + (size_t)nb * pb, par + (size_t)b * pb, pb);
+            cnt[nb++] = left;
+        }
+        L->nblk[p][h] = nb;
+    }
+    L->fresh[p][h] = j - kept_aged;
+}
+
 // Keep the entries of head h whose flag is set, in order; the rest go (rows, staging,
 // positions, scores). pos must exist.
 static void compact_head(kv_layer *L, int32_t h, const uint8_t *keep) {
     const int32_t D = kv.head_dim, n = L->live[h];
+    for (int p = 0; p < 2; p++) compact_part(L, p, h, keep);
     int32_t j = 0;
     for (int32_t e = 0; e < n; e++) {
         if (!keep[e]) continue;
         if (j != e) {
             for (int p = 0; p < 2; p++) {
-                uint8_t *base = L->data[p] + (size_t)h * L->ccap * L->row[p];
-                __builtin_memmove(base + (size_t)j * L->row[p], base + (size_t)e * L->row[p], (size_t)L->row[p]);
                 float *st = L->stage[p] + (size_t)h * L->pcap * D;
                 __builtin_memmove(st + (size_t)j * D, st + (size_t)e * D, 4ull * D);
             }

@@ -22,7 +22,7 @@
 #define KV_EXPORT(name) __attribute__((export_name(#name), visibility("default")))
 
 // ABI version: bump when an export, the step table or a byte layout changes.
-#define KV_VERSION 5
+#define KV_VERSION 6
 
 // ---------------------------------------------------------------------------------------
 // Error codes (mirrored in site/kvlab/formats.py: ERRORS)
@@ -153,6 +153,16 @@ _Static_assert(TURBO_BLOCK_BYTES(32, 4) == 18 && TURBO_BLOCK_BYTES(32, 3) == 14 
                "turbo G=32 blocks are 18, 14 and 10 bytes");
 #define KV_TURBO_SIGNS 0xd567e2fd4bd0adcbull // bit j set: coordinate j's sign flips (j < G)
 
+// ---- Per-channel blocks (KIVI; channel.c), for Q4, Q3 and Q2 keys or values with axis 1
+//
+//   a block = G entries of one KV head; per channel c its fp16 d_c and m_c over the G
+//   values (Q4's rule, L = 2^b - 1), code = clamp(nearest((x - m_c) / d_c), 0, L)
+//   params: (head_dim, 2) fp16, [d_0][m_0][d_1][m_1] ...  = 4 head_dim bytes per block
+//   per entry: head_dim * b / 8 bytes of codes, packed as Q4 / Q3 / Q2 pack theirs
+#define KV_CHANNEL_DMAX 256 // the longest head_dim of a per-channel layer (a multiple of 16)
+#define KV_CHANNEL_PARAM_BYTES(D) (4u * (size_t)(D))
+_Static_assert(KV_CHANNEL_PARAM_BYTES(64) / 32 + 64 * 4 / 8 == 40, "q4 per channel, G=32: 40 bytes per entry, as q4");
+
 // The formats assume |x| <= 65504 (the fp16 range). Larger values saturate the scale (and
 // F16 turns them into inf, as numpy does); KV values of a real model are far below that.
 
@@ -187,6 +197,13 @@ void kv_rotate_row(const float *x, int32_t n, float *y);
 void kv_unrotate_row(float *y, int32_t n);
 void kv_turbo_quantize_row(int32_t fmt, int32_t group, const float *x, int32_t n, uint8_t *dst);
 void kv_turbo_dequantize_row(int32_t fmt, int32_t group, const uint8_t *src, int32_t n, float *y);
+
+// channel.c: per-channel blocks of G entries (fmt Q4 / Q3 / Q2 -> b = 4 / 3 / 2)
+int32_t kv_channel_bits(int32_t fmt);                             // b, 0 if none
+int32_t kv_channel_ok(int32_t fmt, int32_t group, int32_t D);     // 1 if usable
+size_t kv_channel_row_bytes(int32_t bits, int32_t D);             // one entry's codes
+void kv_channel_quantize(int32_t bits, int32_t G, const float *x, int32_t D, uint8_t *params, uint8_t *codes);
+void kv_channel_dequantize(int32_t bits, int32_t n, const uint8_t *params, const uint8_t *codes, int32_t D, float *y);
 
 // sample.c: scratch for n sampling candidates (kept; grows only)
 int32_t kv_sample_reserve(int32_t n);

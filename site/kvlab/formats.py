@@ -99,6 +99,17 @@ def row_bytes(f: int, group: int, n: int) -> int:
     return n // group * group_bytes(f, group)
 
 
+#: per-channel blocks (KIVI, wasm/channel.c): formats that have them, and their bits
+CHANNEL_BITS = {Q4: 4, Q3: 3, Q2: 2}
+CHANNEL_DMAX = 256
+
+
+def channel_row_bytes(f: int, head_dim: int) -> int:
+    """Bytes of one entry's codes in a per-channel block (its block's params, 4 head_dim
+    bytes per block of G entries, come on top)."""
+    return head_dim * CHANNEL_BITS[f] // 8
+
+
 def token_bytes(k_fmt: int, v_fmt: int, group: int, n_layers: int, n_kv_heads: int, head_dim: int) -> int:
     """Bytes of one token's K and V over all layers (uniform formats)."""
     return n_layers * n_kv_heads * (row_bytes(k_fmt, group, head_dim) + row_bytes(v_fmt, group, head_dim))

@@ -142,6 +142,13 @@ class KVStore:
         clears it), while the layer holds no tokens."""
         self._call("kv_rotate", layer, int(bool(k)), int(bool(v)))
 
+    def age(self, layer: int, part: int, recent: int, axis: int = 0) -> None:
+        """Age part 0 (K) or 1 (V) of one layer (-1: all): each head's newest ``recent``
+        entries wait exact (fp32, counted as cache bytes) and go into the format when they
+        leave that window; axis 1 quantizes per channel, G entries at a time (KIVI). After
+        ``configure`` (which clears it), while the layer holds no tokens."""
+        self._call("kv_age", layer, part, recent, axis)
+
     def reset(self) -> None:
         """Drop all tokens; their memory goes back to the store's allocator (formats stay)."""
         self._call("kv_reset")
@@ -286,9 +293,11 @@ class KVStore:
         return self.staging_bytes() + self.io_bytes()
 
     def rows(self, layer: int, head: int, part: int) -> bytes:
-        """One head's live compressed rows (part 0 K, 1 V), in entry order."""
+        """What one head holds for part 0 (K) or 1 (V): the rows of the entries in the
+        format (entry order), a per-channel part's block params, then the entries waiting
+        exact in an aging window (fp32, oldest first)."""
         n = self.live(layer, head)
-        ptr = self.alloc(max(16, 4 * self.head_dim * max(1, n)))
+        ptr = self.alloc(8 * self.head_dim * (n + 1))
         try:
             got = self._call("kv_rows", layer, head, part, ptr)
             return self.module.read(ptr, got)

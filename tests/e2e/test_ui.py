@@ -126,7 +126,8 @@ def test_quant_4_4_holds_fewer_bytes_per_token(page):
     full = generate(page, "Water boils at", max_new=4)
     set_quant(page, (4, 4))
     assert json.loads(page.text_content("#policy-json")) == {"quant": {"k_bits": 4, "v_bits": 4, "group_size": 32,
-                                                                    "rotate": False}}
+                                                                    "rotate": False, "recent_k": 0, "recent_v": 0,
+                                                                    "k_axis": "token"}}
     q4 = generate(page, "Water boils at", max_new=4)
     assert q4["policy"]["quant"]["k_bits"] == 4 and q4["policy"]["quant"]["v_bits"] == 4
     per_token_full = full["cache_bytes"] / full["tokens_cached"]

@@ -39,7 +39,7 @@ def test_generate_json_has_the_contract(bundle):
     assert res["bytes_per_step"] == sorted(res["bytes_per_step"])  # no eviction: it only grows
     assert 0 < res["cache_bytes"] < res["fp16_bytes"] < res["fp32_bytes"]
     assert res["policy"] == {"quant": {"k_bits": 4, "v_bits": 8, "group_size": 32, "k_format": None, "v_format": None,
-                                       "rotate": False}}
+                                       "rotate": False, "recent_k": 0, "recent_v": 0, "k_axis": "token"}}
 
 
 @pytest.mark.parametrize(
@@ -55,6 +55,9 @@ def test_generate_json_has_the_contract(bundle):
         (["--prompt", "hi", "--policy", '{"quant": {"k_format": "q4_0", "k_bits": 2}}'], 2, "give one of the two"),
         (["--prompt", "hi", "--policy", '{"quant": {"v_bits": 64}}'], 2, "must be one of"),
         (["--prompt", "hi", "--policy", "{quant"], 2, "not valid JSON"),
+        (["--prompt", "hi", "--policy", '{"quant": {"k_bits": 4, "recent_k": -3}}'], 2, "quant.recent_k must be"),
+        (["--prompt", "hi", "--policy", '{"quant": {"k_bits": 4, "recent_k": 9000}}'], 2, "beyond the model's context"),
+        (["--prompt", "hi", "--policy", '{"quant": {"k_bits": 8, "k_axis": "channel"}}'], 2, "needs 4, 3 or 2-bit keys"),
         (["--prompt", "hi", "--temperature", "-1"], 2, "temperature"),
         (["--prompt", "hi", "--top-p", "0"], 2, "top_p"),
     ],

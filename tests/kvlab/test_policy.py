@@ -62,6 +62,11 @@ def test_every_param_rejects_garbage(name):
         ({"quant": {"v_bits": 2.5}}, "whole number"),
         ({"quant": {"k_bits": True}}, "must be a number"),
         ({"quant": {"group_size": 48}}, "quant.group_size must be one of 16, 32, 64"),
+        ({"quant": {"recent_k": -1}}, "quant.recent_k must be"),
+        ({"quant": {"recent_v": 1.5}}, "whole number"),
+        ({"quant": {"k_axis": "row"}}, "quant.k_axis must be one of 'token', 'channel'"),
+        ({"quant": {"k_bits": 8, "k_axis": "channel"}}, "needs 4, 3 or 2-bit keys"),
+        ({"quant": {"k_format": "turbo3", "k_axis": "channel"}}, "the keys are turbo3"),
         ({"quant": 4}, "takes an object"),
         ([1, 2], "a policy is a JSON object"),
         ("{not json", "not valid JSON"),
@@ -104,3 +109,17 @@ def test_every_example_and_preset_of_the_page_is_a_valid_policy():
         parse_policy(item["policy"])
     for name, lesson in lessons["techniques"].items():
         assert set(lesson.get("params", {})) <= {p.name for p in REGISTRY[name].params}, name
+
+
+def test_quant_windows_beyond_the_context_are_refused():
+    """A recent_k / recent_v window the model's context cannot fill would never age:
+    refused before the store is touched (with the model's numbers in the message)."""
+    from kvlab.policy import Applied, Context
+
+    model = {"context": 8192, "head_dim": 64}
+    Applied(parse_policy({"quant": {"k_bits": 4, "recent_k": 8192, "recent_v": 128}}), Context(model))
+    for side in "kv":
+        with pytest.raises(PolicyError, match=f"recent_{side} = 9000 is beyond the model's context of 8192"):
+            Applied(parse_policy({"quant": {"k_bits": 4, f"recent_{side}": 9000}}), Context(model))
+    with pytest.raises(PolicyError, match="head_dim that is a multiple of 16"):
+        Applied(parse_policy({"quant": {"k_bits": 4, "k_axis": "channel"}}), Context({"head_dim": 72}))

@@ -11,9 +11,12 @@ Two parts:
   the same operations as the store's exports. Every method returns what the export does
   (a count, 0, or an error code); ENOMEM is not modelled (the model never runs out).
 
-Shapes: a head's ``pos`` is (n,) int64, its ``rows[p]`` (n, row bytes) uint8, its
-``stage[p]`` (n, head_dim) f32, n = the head's live entries, in entry order (ascending
-position: appends add at the end, eviction keeps the order).
+Shapes: a head's ``pos`` is (n,) int64, its ``rows[p]`` (a, row bytes) uint8 for the a
+entries in the format, its ``res[p]`` (n - a, head_dim) f32 for the ones waiting exact in
+an aging window (kv_age; a = n without one), its ``stage[p]`` (n, head_dim) f32, n = the
+head's live entries, in entry order (ascending position: appends add at the end, eviction
+keeps the order). A per-channel part (axis 1) also has ``blocks[p]``: [params bytes, live
+entries] per block, in entry order.
 """
 
 from __future__ import annotations
@@ -186,7 +189,9 @@ class Head:
 
     def __init__(self, D: int, rows: tuple[int, int]):
         self.pos = np.zeros(0, np.int64)  # (n,)
-        self.rows = [np.zeros((0, r), np.uint8) for r in rows]  # K, V: (n, row bytes)
+        self.rows = [np.zeros((0, r), np.uint8) for r in rows]  # K, V: (aged, row bytes)
+        self.res = [np.zeros((0, D), F32) for _ in range(2)]  # K, V: (n - aged, D) waiting exact
+        self.blocks: list[list[list]] = [[], []]  # K, V per-channel: [params, live entries]
         self.stage = [np.zeros((0, D), F32) for _ in range(2)]  # K, V: (n, D)
         self.score: np.ndarray | None = None  # (n,) f32 while the layer holds scores
 
@@ -194,10 +199,26 @@ class Head:
     def n(self) -> int:
         return len(self.pos)
 
+    def aged(self, p: int) -> int:
+        return self.n - len(self.res[p])
+
     def take(self, idx: np.ndarray) -> None:
         """Keep the entries idx (ascending), in order."""
+        idx = np.asarray(idx, np.int64)
+        keep = np.zeros(self.n, bool)
+        keep[idx] = True
+        for p in range(2):
+            a = self.aged(p)
+            self.rows[p] = self.rows[p][idx[idx < a]]
+            self.res[p] = self.res[p][idx[idx >= a] - a]
+            start, left = 0, []
+            for params, cnt in self.blocks[p]:
+                k = int(keep[start : start + cnt].sum())
+                start += cnt
+                if k:
+                    left.append([params, k])
+            self.blocks[p] = left
         self.pos = self.pos[idx]
-        self.rows = [r[idx] for r in self.rows]
         self.stage = [s[idx] for s in self.stage]
         if self.score is not None:
             self.score = self.score[idx]
@@ -210,6 +231,8 @@ class Layer:
         self.D = D
         self.fmt = [kref.F32, kref.F32]
         self.group = 32
+        self.recent = [0, 0]  # kv_age's window per part
+        self.axis = [0, 0]  # 1: per-channel blocks
         self.heads = [Head(D, self.row) for _ in range(H)]
         self.pcap = 0  # staging capacity (the model's P)
         self.ccap = 0  # stream / index capacity (0: no streams allocated)
@@ -223,7 +246,16 @@ class Layer:
 
     @property
     def row(self) -> tuple[int, int]:
-        return tuple(kref.row_bytes(f, self.group, self.D) for f in self.fmt)
+        return tuple(kref.channel_row_bytes(f, self.D) if a else kref.row_bytes(f, self.group, self.D)
+                     for f, a in zip(self.fmt, self.axis))
+
+    def aging(self, p: int) -> bool:
+        return self.recent[p] > 0 or self.axis[p] == 1
+
+    def to_age(self, h: Head, p: int, S: int) -> int:
+        """Entries a commit of S tokens puts into the format (to_age in wasm/cache.c)."""
+        n = max(0, len(h.res[p]) + S - self.recent[p])
+        return n - n % self.group if self.axis[p] else n
 
     @property
     def used(self) -> int:
@@ -261,8 +293,10 @@ class Layer:
         """kv_bytes(layer, part)."""
         entries = sum(h.n for h in self.heads)
         if part < 2:
-            return entries * self.row[part]
-        return entries * (4 * self.evicted + 4 * (self.scored and self.held))
+            return sum(h.aged(part) * self.row[part] + 4 * self.D * (len(h.res[part]) + len(h.blocks[part]))
+                       for h in self.heads)
+        blocks = sum(len(h.blocks[0]) + len(h.blocks[1]) for h in self.heads)
+        return entries * (4 * self.evicted + 4 * (self.scored and self.held)) + 4 * blocks * self.evicted
 
 
 class CacheModel:
@@ -288,10 +322,27 @@ class CacheModel:
         for L in sel:
             old = L.row
             L.fmt, L.group = [kf, vf], group
+            L.recent, L.axis = [0, 0], [0, 0]
             if L.row != old or L.ccap == 0:  # the streams and scores go; the position list
                 L.ccap = 0  # stays: the next token is still `appended`, not entry 0
                 L.drop_scores()
             for h in L.heads:  # empty: only the row width changes
+                h.rows = [np.zeros((0, r), np.uint8) for r in L.row]
+        self.open_S = 0
+        return OK
+
+    def age(self, layer: int, part: int, recent: int, axis: int) -> int:
+        """kv_age with a setting the C accepts (the model does not validate it)."""
+        sel = self._layers(layer)
+        if any(L.used > 0 for L in sel):
+            return ESTATE
+        for L in sel:
+            old = L.row
+            L.recent[part], L.axis[part] = recent, axis
+            if L.row != old or L.ccap == 0:
+                L.ccap = 0
+                L.drop_scores()
+            for h in L.heads:
                 h.rows = [np.zeros((0, r), np.uint8) for r in L.row]
         self.open_S = 0
         return OK
@@ -324,13 +375,19 @@ class CacheModel:
         for L, kl, vl, al in zip(self.layers, k, v, attn):
             new = []
             for p, x in enumerate((kl, vl)):  # quantize every (head, token) row at once
+                if L.aging(p):
+                    new.append(None)
+                    continue
                 raw = kref.quantize(L.fmt[p], L.group, x)
                 new.append((np.frombuffer(raw, np.uint8).reshape(self.H, S, -1),
                             kref.dequantize(L.fmt[p], L.group, raw).reshape(self.H, S, self.D)))
             for i, h in enumerate(L.heads):
                 L.prev[i] = h.n
                 h.pos = np.concatenate([h.pos, np.arange(self.appended, self.appended + S)])
-                for p in range(2):
+                for p, x in enumerate((kl, vl)):
+                    if new[p] is None:
+                        self._append_aging(L, h, p, np.asarray(x, F32)[i])
+                        continue
                     h.rows[p] = np.concatenate([h.rows[p], new[p][0][i]])
                     h.stage[p] = np.concatenate([h.stage[p], new[p][1][i]])
                 if L.scored:
@@ -341,11 +398,38 @@ class CacheModel:
         self.last_S, self.open_S = S, 0
         return OK
 
+    def _append_aging(self, L: Layer, h: Head, p: int, x: np.ndarray) -> None:
+        """x (S, D): what leaves the window goes into the format, the rest waits exact."""
+        S, D = len(x), self.D
+        a0 = len(h.rows[p])  # entries in the format (pos already holds the new ones)
+        aged = L.to_age(h, p, S)
+        waiting = np.concatenate([h.res[p], x])  # entries a0 .. a0 + f + S - 1
+        stage = np.concatenate([h.stage[p], x])
+        go = waiting[:aged]
+        if L.axis[p]:
+            rows = []
+            for b in range(0, aged, L.group):
+                params, codes = kref.quantize_channel(L.fmt[p], go[b : b + L.group])
+                h.blocks[p].append([params, L.group])
+                rows.append(codes)
+                stage[a0 + b : a0 + b + L.group] = kref.dequantize_channel(L.fmt[p], params, codes)
+            rows = np.concatenate(rows) if rows else np.zeros((0, L.row[p]), np.uint8)
+        else:
+            raw = kref.quantize(L.fmt[p], L.group, go) if aged else b""
+            rows = np.frombuffer(raw, np.uint8).reshape(aged, L.row[p])
+            if aged:
+                stage[a0 : a0 + aged] = kref.dequantize(L.fmt[p], L.group, raw).reshape(aged, D)
+        h.rows[p] = np.concatenate([h.rows[p], rows])
+        h.res[p] = waiting[aged:].copy()
+        h.stage[p] = stage
+
     def truncate(self, n: int) -> int:
         if n < 0 or n > self.appended:
             return EINVAL
         for L in self.layers:
             if L.evicted or any(h.n != self.appended for h in L.heads):
+                return ESTATE
+            if any(L.axis[p] and n < h.aged(p) for h in L.heads for p in range(2)):
                 return ESTATE
         for L in self.layers:
             for h in L.heads:
@@ -474,7 +558,9 @@ class CacheModel:
         return K, V, mask
 
     def rows(self, layer: int, head: int, part: int) -> bytes:
-        return self.layers[layer].heads[head].rows[part].tobytes()
+        """kv_rows: the rows in the format, the blocks' params, the waiting entries."""
+        h = self.layers[layer].heads[head]
+        return h.rows[part].tobytes() + b"".join(b[0] for b in h.blocks[part]) + h.res[part].tobytes()
 
     def meter(self) -> list[tuple[int, ...]]:
         """kv_meter: per layer K, V, index bytes, then each head's live entries."""

@@ -385,6 +385,50 @@ def roundtrip(fmt: int, G: int, x: np.ndarray, rotated: bool = False) -> np.ndar
 
 
 # ---------------------------------------------------------------------------------------
+# Per-channel blocks (KIVI, wasm/channel.c): G entries of one head, each channel's G
+# values with their own fp16 d and m (Q4's rule); params (D, 2) fp16, then per entry its D
+# codes packed as Q4 (nibbles) / Q3 / Q2 (planes)
+# ---------------------------------------------------------------------------------------
+
+CHANNEL_BITS = {Q4: 4, Q3: 3, Q2: 2}
+
+
+def channel_row_bytes(fmt: int, D: int) -> int:
+    return D * CHANNEL_BITS[fmt] // 8
+
+
+def quantize_channel(fmt: int, x: np.ndarray) -> tuple[bytes, np.ndarray]:
+    """(G, D) f32 -> (params: 4 D bytes, codes: (G, D b / 8) uint8)."""
+    x = np.asarray(x, np.float32)
+    bits = CHANNEL_BITS[fmt]
+    levels = (1 << bits) - 1
+    d16, m16, _, mf, inv = q4_params(np.ascontiguousarray(x.T), levels)  # one "group" per channel
+    q = np.clip(np.rint((x - mf[None, :]) * inv[None, :]), 0, levels).astype(np.uint8)  # (G, D)
+    if bits == 4:
+        codes = pack_planes(q, 4)
+    else:
+        codes = np.concatenate([pack_planes(q & 3, 2)] + ([pack_planes(q >> 2, 1)] if bits == 3 else []), axis=1)
+    params = np.stack([d16, m16], axis=1).astype("<u2").tobytes()
+    return params, codes
+
+
+def dequantize_channel(fmt: int, params: bytes, codes: np.ndarray) -> np.ndarray:
+    """params (4 D bytes) and (n, D b / 8) code rows -> (n, D) f32: code * d + m."""
+    bits = CHANNEL_BITS[fmt]
+    pr = np.frombuffer(params, "<u2").reshape(-1, 2)
+    df, mf = f16_value(pr[:, 0]), f16_value(pr[:, 1])
+    D = len(df)
+    codes = np.asarray(codes, np.uint8).reshape(-1, D * bits // 8)
+    if bits == 4:
+        q = unpack_planes(codes, 4)
+    else:
+        q = unpack_planes(codes[:, : D // 4], 2)
+        if bits == 3:
+            q = q | (unpack_planes(codes[:, D // 4 :], 1) << 2)
+    return q.astype(np.float32) * df[None, :] + mf[None, :]
+
+
+# ---------------------------------------------------------------------------------------
 # Error budgets (per element, for finite |x| <= 65504)
 # ---------------------------------------------------------------------------------------
 

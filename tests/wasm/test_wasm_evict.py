@@ -45,7 +45,8 @@ def wasm_path(request):
 STATE_FIELDS = "ready n_layers n_kv_heads n_q_heads head_dim vocab layer table io io_cap open_S last_S appended".split()
 LAYER_FIELDS = (
     "fmt0 fmt1 group row0 row1 rot0 rot1 data0 data1 ccap live used pos score score_held "
-    "stage0 stage1 mask pcap prev step_P step_ok"
+    "stage0 stage1 mask pcap prev step_P step_ok "
+    "recent0 recent1 axis0 axis1 rcap0 rcap1 fresh0 fresh1 res0 res1 bpar0 bpar1 bcnt0 bcnt1 nblk0 nblk1 bcap"
 ).split()
 
 
@@ -152,6 +153,15 @@ class Twin:
     def reset(self):
         return self.both(self.m.call("kv_reset"), self.model.reset(), "reset")
 
+    def age(self, layer, part, recent, axis):
+        """kv_age; a per-channel axis on a format without one is refused (EINVAL)."""
+        got = self.m.call("kv_age", layer, part, recent, axis)
+        sel = self.model._layers(layer)
+        if axis and any(L.fmt[part] not in formats.CHANNEL_BITS for L in sel):
+            want = formats.ESTATE if any(L.used for L in sel) and got == formats.ESTATE else formats.EINVAL
+            return self.both(got, want, ("age", layer, part, recent, axis))
+        return self.both(got, self.model.age(layer, part, recent, axis), ("age", layer, part, recent, axis))
+
     def begin(self, S: int, rng, attn: str = "continuous") -> int:
         """kv_step_begin, then the host's writes (random K/V and attention) into the table."""
         r = self.m.call("kv_step_begin", S)
@@ -246,9 +256,24 @@ class Twin:
             streams = [at(mem, f[f"data{p}"], np.uint8, (H, L.ccap, L.row[p])) for p in range(2)]
             pos = at(mem, f["pos"], np.int32, (H, L.ccap)) if L.evicted else None
             score = at(mem, f["score"], np.float32, (H, L.ccap)) if L.scored else None
+            for p in range(2):  # aging: the window's settings, what waits, the blocks
+                assert (f[f"recent{p}"], f[f"axis{p}"]) == (L.recent[p], L.axis[p]), where
+                assert list(at(mem, f[f"fresh{p}"], np.int32, (H,))) == [len(h.res[p]) for h in L.heads], where
+                nblk = list(at(mem, f[f"nblk{p}"], np.int32, (H,)))
+                assert nblk == [len(h.blocks[p]) for h in L.heads], where
+                if any(len(h.res[p]) for h in L.heads):
+                    res = at(mem, f[f"res{p}"], np.float32, (H, f[f"rcap{p}"], D))
+                    for j, h in enumerate(L.heads):
+                        assert res[j, : len(h.res[p])].tobytes() == h.res[p].tobytes(), (where, j, p)
+                if any(nblk):
+                    par = at(mem, f[f"bpar{p}"], np.uint8, (H, f["bcap"], 4 * D))
+                    cnt = at(mem, f[f"bcnt{p}"], np.int32, (H, f["bcap"]))
+                    for j, h in enumerate(L.heads):
+                        assert [par[j, b].tobytes() for b in range(nblk[j])] == [b[0] for b in h.blocks[p]], where
+                        assert cnt[j, : nblk[j]].tolist() == [b[1] for b in h.blocks[p]], where
             for j, h in enumerate(L.heads):
                 for p in range(2):
-                    assert streams[p][j, : h.n].tobytes() == h.rows[p].tobytes(), (where, j, p)
+                    assert streams[p][j, : h.aged(p)].tobytes() == h.rows[p].tobytes(), (where, j, p)
                 if pos is not None:
                     assert np.array_equal(pos[j, : h.n], h.pos), (where, j)
                 if score is not None:
@@ -500,7 +525,7 @@ FULL_EVERY = 40  # the export-level check every this many operations (the memory
 MAX_LIVE = 300  # entries per head before the run prefers evicting (keeps each check cheap)
 OPS = {  # operation: weight
     "append": 24, "begin": 3, "commit": 3, "evict": 16, "bad_evict": 3, "score_select": 20,
-    "score": 8, "select": 5, "drop": 3, "truncate": 5, "reset_configure": 4, "configure": 2,
+    "score": 8, "select": 5, "drop": 3, "truncate": 5, "reset_configure": 4, "configure": 2, "age": 2,
 }
 
 
@@ -562,6 +587,11 @@ def random_op(tw: Twin, rng, op: str) -> str:
         for i in range(tw.L):
             if rng.random() < 0.8:
                 tw.configure(i, *random_formats(rng))
+            for p in range(2):  # aging windows, per-channel blocks (refused on other formats)
+                if rng.random() < 0.4:
+                    tw.age(i, p, int(rng.choice([0, 1, 3, 8, 20, 40])), int(rng.random() < 0.5))
+    elif op == "age":  # ESTATE while the layer holds entries
+        tw.age(int(rng.integers(-1, tw.L)), int(rng.integers(2)), int(rng.integers(0, 30)), int(rng.integers(2)))
     else:  # configure: ESTATE while the layer holds entries
         tw.configure(int(rng.integers(-1, tw.L)), *random_formats(rng))
     return op
@@ -573,6 +603,7 @@ def run_random(path, n_ops: int, seed: int) -> tuple[collections.Counter, collec
     rng = np.random.default_rng(seed)
     tw = Twin(path)
     ran, evicted = collections.Counter(), collections.Counter()
+    aging = collections.Counter()  # how much the aging windows and per-channel blocks held
     for n in range(n_ops):
         weights = dict(OPS)
         if tw.model.open_S:  # an open step: sometimes commit it before something cancels it
@@ -585,7 +616,14 @@ def run_random(path, n_ops: int, seed: int) -> tuple[collections.Counter, collec
         ran[op] += 1
         evicted[op] += max(0, before - sum(h.n for L in tw.model.layers for h in L.heads))
         tw.check(full=n % FULL_EVERY == 0)
+        for L in tw.model.layers:
+            for h in L.heads:
+                for p in range(2):
+                    aging["waiting"] += len(h.res[p])
+                    aging["blocks"] += len(h.blocks[p])
+                    aging["partial blocks"] += sum(b[1] < L.group for b in h.blocks[p])
     tw.check(full=True)
+    ran.update({f"held: {k}": v for k, v in aging.items()})
     return ran, evicted
 
 
@@ -595,6 +633,8 @@ def test_random_operations_match_the_model(wasm_path):
     holds what the model does (kept positions, bytes per layer and part, live counts,
     staging contents and masks, compressed rows, score lists, capacities)."""
     ran, evicted = run_random(wasm_path, OPS_PER_BUILD, 20240611 if wasm_path.name == SIMD_NAME else 20240612)
+    held = {k: ran.pop(k) for k in list(ran) if k.startswith("held: ")}
+    assert min(held.values()) > 1000, held  # aging and per-channel blocks (evicted from too) ran
     assert sum(ran.values()) == OPS_PER_BUILD
     # every kind of operation ran often, and evictions really evicted
     assert min(ran.values()) >= OPS_PER_BUILD // 100, ran
