@@ -3,7 +3,8 @@ over several texts, through ``kvlab eval --task ppl`` (native host).
 
     python benchmarks/quant_table.py [--rows "K4 + V4" ...] [--seeds 0 1 2 3 4]
         [--context 1024] [--positions 256] [--threads 1] [--out results/quant.jsonl]
-    python benchmarks/quant_table.py --render [--out FILE]     # the Markdown table
+    python benchmarks/quant_table.py --task needle --rows ... --seeds 0   # retrieval rows
+    python benchmarks/quant_table.py --render [--out FILE]     # the Markdown tables
 
 Each (row, seed) is one ``evaluate``: ``context`` tokens of text ``seed`` read into the
 cache, then ``positions`` teacher-forced tokens scored against the full fp32 cache's
@@ -11,6 +12,9 @@ predictions (KL, top-1) and the text (PPL). Results are appended to ``--out`` as
 lines with their provenance as they finish; a rerun skips the (row, seed) pairs already
 there. The rendered table gives, per row, the mean over the texts and the spread (min to
 max) of KL and of the PPL change, so that one text's luck does not read as a result.
+``--task needle`` / ``multi-hop`` runs the retrieval tasks instead (n = 10 questions of
+``context`` tokens per seed, the question read after the context; no eviction, so before
+and after are the same here), rendered as a second table.
 
 Seed 001 (quant.cpp on Llama 3.2 1B) reports, each "+ k128" (the newest 128 keys kept in
 fp32): K4 + V16 +1.3 % PPL at 2.9x, K4 + V4 +3.0 % at 6.4x, K3 + V4 +9.8 % at 7.1x, K4 + V2
@@ -32,7 +36,7 @@ import sys
 import time
 from pathlib import Path
 
-from kvlab.artifacts import default_dir
+from kvlab.artifacts import default_dir, default_profile
 from kvlab.engine import Engine
 from kvlab.evaluate import evaluate
 from kvlab.host.native import NativeHost
@@ -70,6 +74,14 @@ ROWS = {
     "KIVI K3 + V2": q(k_bits=3, v_bits=2, k_axis="channel"),
     "KIVI K2 + V2": q(k_bits=2, v_bits=2, k_axis="channel"),
     "KIVI K2 + V2, r128": q(k_bits=2, v_bits=2, k_axis="channel", recent_k=128, recent_v=128),
+    # seed 002: bits per KV head from the profile's entropy, at uniform 4 / 3 bits' bytes
+    "entropy_bits 4": {"entropy_bits": {"bits": 4}},
+    "entropy_bits 4, no skip": {"entropy_bits": {"bits": 4, "skip": 0.0}},
+    "entropy_bits 4, skip only": {"entropy_bits": {"bits": 4, "alpha": 0.0}},
+    "entropy_bits 4, skip only, extra bytes": {"entropy_bits": {"bits": 4, "alpha": 0.0, "match_bytes": False}},
+    "entropy_bits 4 + 9 retrieval heads": {"entropy_bits": {"bits": 4, "retrieval": 9}},
+    "entropy_bits 3": {"entropy_bits": {"bits": 3}},
+    "entropy_bits 3, no skip": {"entropy_bits": {"bits": 3, "skip": 0.0}},
 }
 
 
@@ -82,8 +94,11 @@ def run(args) -> None:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     lines = out.read_text().splitlines() if out.exists() else []
-    done = {(r["row"], r["seed"], r["context"], r["positions"]) for r in map(json.loads, lines)}
-    engine = Engine(NativeHost(args.artifacts or default_dir(), threads=args.threads))
+    done = {(r["row"], r["seed"], r["context"], r["positions"], r.get("task", "ppl")) for r in map(json.loads, lines)}
+    prof = json.loads(Path(args.head_profile or default_profile()).read_text())
+    engine = Engine(NativeHost(args.artifacts or default_dir(), threads=args.threads), profile=prof)
+    retrieval = args.task != "ppl"
+    positions = 0 if retrieval else args.positions
     names = args.rows or list(ROWS)
     unknown = [n for n in names if n not in ROWS]
     if unknown:
@@ -91,13 +106,19 @@ def run(args) -> None:
     for seed in args.seeds:
         ref: dict = {}  # the full cache's pass of this text, run once
         for name in names:
-            if (name, seed, args.context, args.positions) in done:
+            if (name, seed, args.context, positions, args.task) in done:
                 continue
             t0 = time.perf_counter()
-            res = evaluate(engine, "ppl", ROWS[name], context=args.context, seed=seed, positions=args.positions,
-                           reuse_full=not ROWS[name], reference=ref)
+            if retrieval:
+                res = evaluate(engine, args.task, ROWS[name], context=args.context, seed=seed, n=args.n,
+                               question="after", reuse_full=not ROWS[name], reference=ref)
+            else:
+                res = evaluate(engine, "ppl", ROWS[name], context=args.context, seed=seed, positions=positions,
+                               reuse_full=not ROWS[name], reference=ref)
             res.pop("texts", None)
-            row = {"row": name, "seed": seed, "context": args.context, "positions": args.positions, "result": res,
+            res.pop("items", None)
+            row = {"row": name, "seed": seed, "context": args.context, "positions": positions, "task": args.task,
+                   "result": res,
                    "provenance": {
                        "command": " ".join(["python", "benchmarks/quant_table.py", *sys.argv[1:]]),
                        "commit": commit(),
@@ -105,12 +126,13 @@ def run(args) -> None:
                        "host": f"{platform.node()} ({platform.machine()}, {args.threads} threads)"}}
             with out.open("a") as f:
                 f.write(json.dumps(row) + "\n")
-            print(f"text {seed} {name}: KL {res['kld_vs_full']} PPL {res['score']} vs {res['score_full']} "
-                  f"({time.perf_counter() - t0:.0f} s)", flush=True)
+            what = f"{args.task} {res['score']}" if retrieval else f"PPL {res['score']} vs {res['score_full']}"
+            print(f"text {seed} {name}: KL {res['kld_vs_full']} {what} ({time.perf_counter() - t0:.0f} s)", flush=True)
 
 
 def render(args) -> None:
-    rows = [json.loads(line) for line in Path(args.out).read_text().splitlines()]
+    every = [json.loads(line) for line in Path(args.out).read_text().splitlines()]
+    rows = [r for r in every if r.get("task", "ppl") == "ppl"]
     by: dict[str, list[dict]] = {}
     for r in rows:
         by.setdefault(r["row"], []).append(r)
@@ -128,11 +150,32 @@ def render(args) -> None:
               f"{100 * top1:.1f} % | {ppl:.2f} | {statistics.mean(dppl):+.1f} %; {min(dppl):+.1f}–{max(dppl):+.1f} % |")
     ctx = {(r["context"], r["positions"]) for r in rows}
     print(f"\n(context, positions) per text: {sorted(ctx)}")
+    tasks = sorted({r["task"] for r in every} - {"ppl"})
+    if not tasks:
+        return
+    print("\n| configuration | ×fp32 | " + " | ".join(f"{t} (n, context)" for t in tasks) + " |")
+    print("|---|---|" + "---|" * len(tasks))
+    names = [n for n in ROWS if any(r["row"] == n and r["task"] in tasks for r in every)]
+    for name in names:
+        cells, ratio = [], None
+        for t in tasks:
+            got = [r for r in every if r["row"] == name and r["task"] == t]
+            if not got:
+                cells.append("")
+                continue
+            right = sum(round(r["result"]["score"] * r["result"]["n"]) for r in got)
+            total = sum(r["result"]["n"] for r in got)
+            ratio = got[0]["result"]["ratio_vs_fp32"]
+            cells.append(f"{right}/{total} ({got[0]['context']})")
+        print(f"| {name} | {ratio:.2f} | " + " | ".join(cells) + " |")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--artifacts", default=None)
+    ap.add_argument("--head-profile", default=None)
+    ap.add_argument("--task", default="ppl", choices=("ppl", "needle", "multi-needle", "multi-hop"))
+    ap.add_argument("--n", type=int, default=10, help="questions per seed (retrieval tasks)")
     ap.add_argument("--rows", nargs="+", default=None, help="row names (default: all)")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4], help="texts")
     ap.add_argument("--context", type=int, default=1024)

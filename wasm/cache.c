@@ -126,6 +126,47 @@ static void free_all(void) {
     kv.appended = 0;
 }
 
+// Recompute a layer's row sizes of part p from its heads' formats, group and axis; 1 if
+// they changed (the reserved streams then no longer fit).
+static int set_rows(kv_layer *L, int p) {
+    int changed = 0;
+    int32_t off = 0;
+    for (int32_t h = 0; h < kv.n_kv_heads; h++) {
+        int32_t f = L->fmt[p][h];
+        int32_t row = L->axis[p] ? (int32_t)kv_channel_row_bytes(kv_channel_bits(f), kv.head_dim)
+                                 : (int32_t)kv_row_bytes(f, L->group, kv.head_dim);
+        changed |= row != L->row[p][h];
+        L->row[p][h] = row;
+        L->off[p][h] = off;
+        off += row;
+    }
+    L->rows[p] = off;
+    return changed;
+}
+
+// A layer's streams, scores and stream capacity go (a new row layout): the position list
+// stays, since a layer emptied by eviction is not "entry e is position e" again (the next
+// token is kv.appended, not 0); with ccap = 0 the next kv_step_begin re-lays it out
+// keeping nothing. (After a reset it is 0.)
+static void drop_streams(kv_layer *L) {
+    for (int p = 0; p < 2; p++) kv_mfree(L->data[p]), L->data[p] = 0;
+    kv_mfree(L->score), L->score = 0;
+    L->score_held = 0;
+    L->ccap = 0;
+}
+
+// Move part p's stream from (per head) old_cap to new_cap rows, keeping the first `keep`
+// of each head and zeroing the rest. dst may be src (in place) when new_cap <= old_cap.
+static void relayout_stream(const kv_layer *L, int p, uint8_t *dst, const uint8_t *src, int32_t old_cap,
+                            int32_t new_cap, int32_t keep) {
+    for (int32_t h = 0; h < kv.n_kv_heads; h++) { // ascending h: in place, each head moves down or stays
+        size_t row = (size_t)L->row[p][h];
+        uint8_t *dh = dst + (size_t)new_cap * L->off[p][h];
+        if (keep) __builtin_memmove(dh, src + (size_t)old_cap * L->off[p][h], (size_t)keep * row);
+        __builtin_memset(dh + (size_t)keep * row, 0, (size_t)(new_cap - keep) * row);
+    }
+}
+
 // Move a head-major array (H, old, w) to (H, new, w) elements of `size` bytes, keeping the
 // first `keep` of each head and zeroing the rest. dst may be src (in place) when new <= old.
 static void relayout(void *dst, const void *src, int32_t H, int32_t old_cap, int32_t new_cap, int32_t keep,
@@ -159,8 +200,8 @@ int32_t kv_init(int32_t n_layers, int32_t n_kv_heads, int32_t n_q_heads, int32_t
     kv_layer *layer = kv_malloc(sizeof(kv_layer) * (size_t)n_layers);
     kv_grow *g = kv_malloc(sizeof(kv_grow) * (size_t)n_layers);
     int32_t *table = kv_malloc(4u * (size_t)(TABLE_HEAD + TABLE_LAYER * n_layers));
-    // per layer and head: live, prev, fresh K / V, nblk K / V
-    int32_t *heads = kv_malloc(4u * 6u * (size_t)n_layers * (size_t)n_kv_heads);
+    // per layer and head: live, prev, fresh K / V, nblk K / V, fmt K / V, row K / V, off K / V
+    int32_t *heads = kv_malloc(4u * 12u * (size_t)n_layers * (size_t)n_kv_heads);
     if (!layer || !g || !table || !heads || kv_sample_reserve(vocab) != KV_OK) {
         kv_mfree(layer);
         kv_mfree(g);
@@ -183,13 +224,17 @@ int32_t kv_init(int32_t n_layers, int32_t n_kv_heads, int32_t n_q_heads, int32_t
     kv.layer = layer;
     grow = g;
     kv.table = table;
-    __builtin_memset(heads, 0, 4u * 6u * (size_t)n_layers * (size_t)n_kv_heads);
+    __builtin_memset(heads, 0, 4u * 12u * (size_t)n_layers * (size_t)n_kv_heads);
     for (int32_t l = 0; l < n_layers; l++) {
-        int32_t *at = heads + (size_t)6 * l * n_kv_heads;
-        layer[l] = (kv_layer){.fmt = {KV_F32, KV_F32}, .group = KV_GROUP_DEFAULT, .row = {4 * head_dim, 4 * head_dim},
+        int32_t *at = heads + (size_t)12 * l * n_kv_heads;
+        layer[l] = (kv_layer){.fmt = {at + 6 * n_kv_heads, at + 7 * n_kv_heads}, .group = KV_GROUP_DEFAULT,
+                              .row = {at + 8 * n_kv_heads, at + 9 * n_kv_heads},
+                              .off = {at + 10 * n_kv_heads, at + 11 * n_kv_heads},
                               .live = at, .prev = at + n_kv_heads,
                               .fresh = {at + 2 * n_kv_heads, at + 3 * n_kv_heads},
                               .nblk = {at + 4 * n_kv_heads, at + 5 * n_kv_heads}};
+        set_rows(&layer[l], 0); // every head F32 (0)
+        set_rows(&layer[l], 1);
         g[l] = (kv_grow){0};
     }
     kv.io = 0;
@@ -216,31 +261,53 @@ int32_t kv_configure(int32_t layer, int32_t k_fmt, int32_t v_fmt, int32_t group)
     int32_t fmts[2] = {k_fmt, v_fmt};
     for (int32_t l = lo; l < hi; l++) {
         kv_layer *L = &kv.layer[l];
+        L->group = group;
+        int changed = 0;
         for (int p = 0; p < 2; p++) {
-            int32_t row = (int32_t)kv_row_bytes(fmts[p], group, kv.head_dim);
-            if (row != L->row[p]) { // the old reservation has the wrong row size
-                kv_mfree(L->data[p]);
-                L->data[p] = 0;
-            }
-            L->fmt[p] = fmts[p];
-            L->row[p] = row;
+            for (int32_t h = 0; h < kv.n_kv_heads; h++) L->fmt[p][h] = fmts[p];
             L->rot[p] = 0; // a new choice of formats starts unrotated (kv_rotate after it)
             L->recent[p] = L->axis[p] = L->rcap[p] = 0; // and without aging (kv_age after it)
+            changed |= set_rows(L, p);
         }
         free_aging(L);
-        if (!L->data[0] || !L->data[1]) { // streams are reserved in pairs
-            for (int p = 0; p < 2; p++) kv_mfree(L->data[p]), L->data[p] = 0;
-            // The position list stays: a layer emptied by eviction is not "entry e is
-            // position e" again (the next token is kv.appended, not 0). With ccap = 0 the
-            // next kv_step_begin re-lays it out keeping nothing. (After a reset it is 0.)
-            kv_mfree(L->score), L->score = 0;
-            L->score_held = 0;
-            L->ccap = 0;
-        }
-        L->group = group;
+        if (changed || !L->data[0] || !L->data[1]) drop_streams(L); // streams are reserved in pairs
     }
     kv.open_S = 0;
     return KV_OK;
+}
+
+// Give one KV head of a layer its own K and V formats (after kv_configure, which sets every
+// head's; the layer's group size, rotation and aging stay): per-head bit allocations.
+// KV_EINVAL for a bad head or a format the group cannot hold (or one without per-channel
+// blocks on a per-channel part); KV_ESTATE if the layer holds entries (nothing changes).
+// Cancels an open step.
+KV_EXPORT(kv_configure_head)
+int32_t kv_configure_head(int32_t layer, int32_t head, int32_t k_fmt, int32_t v_fmt) {
+    if (!kv.ready) return KV_ESTATE;
+    if (layer < 0 || layer >= kv.n_layers || head < 0 || head >= kv.n_kv_heads) return KV_EINVAL;
+    kv_layer *L = &kv.layer[layer];
+    int32_t fmts[2] = {k_fmt, v_fmt};
+    for (int p = 0; p < 2; p++) {
+        if (!kv_valid_format(fmts[p], L->group, kv.head_dim)) return KV_EINVAL;
+        if (L->axis[p] && !kv_channel_ok(fmts[p], L->group, kv.head_dim)) return KV_EINVAL;
+    }
+    if (L->used > 0) return KV_ESTATE;
+    int changed = 0;
+    for (int p = 0; p < 2; p++) {
+        L->fmt[p][head] = fmts[p];
+        changed |= set_rows(L, p);
+    }
+    if (changed) drop_streams(L);
+    kv.open_S = 0;
+    return KV_OK;
+}
+
+// The format of part 0 (K) or 1 (V) of one KV head of a layer.
+KV_EXPORT(kv_head_format) int32_t kv_head_format(int32_t layer, int32_t head, int32_t part) {
+    if (!kv.ready) return KV_ESTATE;
+    if (layer < 0 || layer >= kv.n_layers || head < 0 || head >= kv.n_kv_heads || part < 0 || part > 1)
+        return KV_EINVAL;
+    return kv.layer[layer].fmt[part][head];
 }
 
 // Drop every entry and return all token memory (staging, streams, I/O) to the allocator.
@@ -279,23 +346,16 @@ KV_EXPORT(kv_age) int32_t kv_age(int32_t layer, int32_t part, int32_t recent, in
     int32_t lo = layer < 0 ? 0 : layer, hi = layer < 0 ? kv.n_layers : layer + 1;
     for (int32_t l = lo; l < hi; l++) {
         if (kv.layer[l].used > 0) return KV_ESTATE;
-        if (axis && !kv_channel_ok(kv.layer[l].fmt[part], kv.layer[l].group, kv.head_dim)) return KV_EINVAL;
+        for (int32_t h = 0; h < kv.n_kv_heads && axis; h++)
+            if (!kv_channel_ok(kv.layer[l].fmt[part][h], kv.layer[l].group, kv.head_dim)) return KV_EINVAL;
     }
     for (int32_t l = lo; l < hi; l++) {
         kv_layer *L = &kv.layer[l];
-        int32_t row = axis ? (int32_t)kv_channel_row_bytes(kv_channel_bits(L->fmt[part]), kv.head_dim)
-                           : (int32_t)kv_row_bytes(L->fmt[part], L->group, kv.head_dim);
-        if (row != L->row[part]) { // streams are reserved in pairs, for their row sizes
-            for (int p = 0; p < 2; p++) kv_mfree(L->data[p]), L->data[p] = 0;
-            kv_mfree(L->score), L->score = 0;
-            L->score_held = 0;
-            L->ccap = 0;
-        }
-        L->row[part] = row;
         free_aging(L);
         L->recent[part] = recent;
         L->axis[part] = axis;
         L->rcap[part] = axis ? recent + L->group - 1 : recent;
+        if (set_rows(L, part)) drop_streams(L); // streams are reserved in pairs, for their row sizes
     }
     kv.open_S = 0;
     return KV_OK;
@@ -341,15 +401,15 @@ static int64_t blocks_needed(const kv_layer *L, int32_t S) {
 // One entry e of head h into part p's format from x (D,), and its value as the cache now
 // holds it into the staging slot.
 static void store_entry(kv_layer *L, int p, int32_t h, int32_t e, const float *x) {
-    const int32_t D = kv.head_dim;
-    uint8_t *row = L->data[p] + ((size_t)h * L->ccap + e) * (size_t)L->row[p];
+    const int32_t D = kv.head_dim, f = L->fmt[p][h];
+    uint8_t *row = kv_row_at(L, p, h, e);
     float *slot = L->stage[p] + ((size_t)h * L->pcap + e) * D;
     if (L->rot[p]) { // rotate into the slot, store that, stage it rotated back
         kv_rotate_row(x, D, slot);
         x = slot;
     }
-    kv_quantize_row(L->fmt[p], L->group, x, D, row);
-    kv_dequantize_row(L->fmt[p], L->group, row, D, slot);
+    kv_quantize_row(f, L->group, x, D, row);
+    kv_dequantize_row(f, L->group, row, D, slot);
     if (L->rot[p]) kv_unrotate_row(slot, D);
 }
 
@@ -363,7 +423,7 @@ static const float *waiting(const kv_layer *L, int p, int32_t h, int32_t f, cons
 
 // Waiting items i0 .. i0 + G - 1 as one per-channel block: entries e0 .. e0 + G - 1.
 static void store_block(kv_layer *L, int p, int32_t h, int32_t e0, int32_t f, const float *x, int32_t i0) {
-    const int32_t D = kv.head_dim, G = L->group, bits = kv_channel_bits(L->fmt[p]);
+    const int32_t D = kv.head_dim, G = L->group, bits = kv_channel_bits(L->fmt[p][h]);
     for (int32_t t = 0; t < G; t++) {
         const float *xi = waiting(L, p, h, f, x, i0 + t);
         if (L->rot[p]) kv_rotate_row(xi, D, block_in + (size_t)t * D);
@@ -371,7 +431,7 @@ static void store_block(kv_layer *L, int p, int32_t h, int32_t e0, int32_t f, co
     }
     int32_t b = L->nblk[p][h]++;
     uint8_t *params = L->bpar[p] + ((size_t)h * L->bcap + b) * KV_CHANNEL_PARAM_BYTES(D);
-    uint8_t *codes = L->data[p] + ((size_t)h * L->ccap + e0) * (size_t)L->row[p];
+    uint8_t *codes = kv_row_at(L, p, h, e0);
     float *slots = L->stage[p] + ((size_t)h * L->pcap + e0) * D;
     L->bcnt[p][(size_t)h * L->bcap + b] = G;
     kv_channel_quantize(bits, G, block_in, D, params, codes);
@@ -432,7 +492,7 @@ KV_EXPORT(kv_step_begin) int32_t kv_step_begin(int32_t S) {
             if (!g->stage[0] || !g->stage[1] || !g->mask) failed = 1;
         }
         if (g->ccap != L->ccap || !L->data[0]) {
-            for (int p = 0; p < 2; p++) g->data[p] = alloc_bytes((uint64_t)H * g->ccap * L->row[p]);
+            for (int p = 0; p < 2; p++) g->data[p] = alloc_bytes((uint64_t)g->ccap * L->rows[p]);
             if (!g->data[0] || !g->data[1]) failed = 1;
             if (L->pos && !(g->pos = alloc_bytes(4ull * H * g->ccap))) failed = 1;
             if (L->score && !(g->score = alloc_bytes(4ull * H * g->ccap))) failed = 1;
@@ -479,7 +539,7 @@ KV_EXPORT(kv_step_begin) int32_t kv_step_begin(int32_t S) {
         }
         if (g->data[0]) {
             for (int p = 0; p < 2; p++) {
-                relayout(g->data[p], L->data[p], (int32_t)H, L->ccap, g->ccap, L->used, (size_t)L->row[p]);
+                relayout_stream(L, p, g->data[p], L->data[p], L->ccap, g->ccap, L->used);
                 kv_mfree(L->data[p]);
                 L->data[p] = g->data[p];
             }
@@ -606,8 +666,8 @@ void kv_fit_layer(kv_layer *L) {
     }
     if (cap < L->ccap) {
         for (int p = 0; p < 2; p++) {
-            relayout(L->data[p], L->data[p], H, L->ccap, cap, L->used, (size_t)L->row[p]);
-            kv_mshrink(L->data[p], (size_t)H * cap * L->row[p]);
+            relayout_stream(L, p, L->data[p], L->data[p], L->ccap, cap, L->used);
+            kv_mshrink(L->data[p], (size_t)cap * L->rows[p]);
         }
         if (L->pos) {
             relayout(L->pos, L->pos, H, L->ccap, cap, L->used, 4);
@@ -721,7 +781,7 @@ KV_EXPORT(kv_bytes) int32_t kv_bytes(int32_t layer, int32_t part) {
         for (int32_t h = 0; h < kv.n_kv_heads; h++) {
             uint64_t live = (uint64_t)L->live[h];
             if (part < 2)
-                total += (uint64_t)kv_aged(L, part, h) * L->row[part] + 4ull * kv.head_dim * L->fresh[part][h] +
+                total += (uint64_t)kv_aged(L, part, h) * L->row[part][h] + 4ull * kv.head_dim * L->fresh[part][h] +
                          (L->axis[part] ? KV_CHANNEL_PARAM_BYTES(kv.head_dim) * L->nblk[part][h] : 0);
             else
                 total += live * (4u * (L->pos != 0) + 4u * (L->score != 0 && L->score_held)) +
@@ -752,6 +812,17 @@ KV_EXPORT(kv_meter) int32_t kv_meter(int32_t dst) {
     return w;
 }
 
+// Every KV head's formats, in one call: (n_layers, kv_heads, 2) i32 at dst = K format, V
+// format. Returns the words written.
+KV_EXPORT(kv_formats) int32_t kv_formats(int32_t dst) {
+    if (!kv.ready) return KV_ESTATE;
+    int32_t *out = (int32_t *)(uintptr_t)(uint32_t)dst, w = 0;
+    for (int32_t l = 0; l < kv.n_layers; l++)
+        for (int32_t h = 0; h < kv.n_kv_heads; h++)
+            for (int p = 0; p < 2; p++) out[w++] = kv.layer[l].fmt[p][h];
+    return w;
+}
+
 // Live entries of one KV head of a layer.
 KV_EXPORT(kv_live) int32_t kv_live(int32_t layer, int32_t head) {
     if (!kv.ready) return KV_ESTATE;
@@ -779,8 +850,8 @@ KV_EXPORT(kv_staging_bytes) int32_t kv_staging_bytes(void) {
 KV_EXPORT(kv_io_bytes) int32_t kv_io_bytes(void) { return kv.ready ? (int32_t)kv.io_cap : KV_ESTATE; }
 
 // A layer's buffers, for tests and tools: 0 staging K, 1 staging V, 2 mask (as in the
-// table), 3 compressed K, 4 compressed V ((kv_heads, ccap, row) bytes; see kv_rows for one
-// head's live rows). 0 when not allocated. Valid until the next kv_step_begin / kv_reset /
+// table), 3 compressed K, 4 compressed V (per head (ccap, row) bytes, heads in order; see
+// kv_rows for one head's live rows). 0 when not allocated. Valid until the next kv_step_begin / kv_reset /
 // kv_init / eviction.
 KV_EXPORT(kv_layer_ptr) int32_t kv_layer_ptr(int32_t layer, int32_t which) {
     if (!kv.ready) return KV_ESTATE;
@@ -800,8 +871,8 @@ KV_EXPORT(kv_rows) int32_t kv_rows(int32_t layer, int32_t head, int32_t part, in
         return KV_EINVAL;
     const kv_layer *L = &kv.layer[layer];
     uint8_t *out = (uint8_t *)(uintptr_t)(uint32_t)dst;
-    size_t n = (size_t)kv_aged(L, part, head) * L->row[part];
-    if (n) __builtin_memmove(out, L->data[part] + (size_t)head * L->ccap * L->row[part], n);
+    size_t n = (size_t)kv_aged(L, part, head) * L->row[part][head];
+    if (n) __builtin_memmove(out, kv_row_at(L, part, head, 0), n);
     if (L->axis[part]) {
         size_t b = KV_CHANNEL_PARAM_BYTES(kv.head_dim) * L->nblk[part][head];
         if (b) __builtin_memmove(out + n, L->bpar[part] + (size_t)head * L->bcap * KV_CHANNEL_PARAM_BYTES(kv.head_dim), b);

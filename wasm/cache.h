@@ -22,11 +22,13 @@
 
 typedef struct {
     // configuration
-    int32_t fmt[2];   // storage format of K [0] and V [1] (kv_format)
+    int32_t *fmt[2];  // (kv_heads,) storage format of K [0] and V [1] per KV head (kv_format)
     int32_t group;    // group size G along head_dim (quantized formats)
-    int32_t row[2];   // bytes of one (entry, kv head) row of K / V
+    int32_t *row[2];  // (kv_heads,) bytes of one entry's row of K / V, per KV head
+    int32_t *off[2];  // (kv_heads,) row bytes of the heads before: head h's stream starts at ccap * off
+    int32_t rows[2];  // row bytes summed over the heads: the stream's bytes per entry slot
     int32_t rot[2];   // 1: K / V rows are rotated (kv_rotate_row) before their format
-    // compressed streams, head-major: (kv_heads, ccap, row) bytes for K [0] and V [1]
+    // compressed streams, head-major: per head (ccap, row[h]) bytes, for K [0] and V [1]
     uint8_t *data[2];
     int32_t ccap;     // entry capacity of every stream (and of pos / score)
     int32_t *live;    // (kv_heads,) live entries per head
@@ -85,6 +87,11 @@ static inline const int32_t *kv_table_layer(int32_t l) { return kv.table + TABLE
 // Position of entry e of head h (identity until the layer first evicts).
 static inline int32_t kv_entry_pos(const kv_layer *L, int32_t h, int32_t e) {
     return L->pos ? L->pos[(size_t)h * L->ccap + e] : e;
+}
+
+// Row e of head h in part p's stream.
+static inline uint8_t *kv_row_at(const kv_layer *L, int p, int32_t h, int32_t e) {
+    return L->data[p] + (size_t)L->ccap * L->off[p][h] + (size_t)e * L->row[p][h];
 }
 
 // Entries of head h held in the format of part p (the rest wait in res).

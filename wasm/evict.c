@@ -233,8 +233,8 @@ static void select_best(const ranking *r, int32_t *idx, int32_t n, int32_t k) {
 // survivors (a block's params go with its last entry). Before live changes.
 static void compact_part(kv_layer *L, int p, int32_t h, const uint8_t *keep) {
     const int32_t D = kv.head_dim, n = L->live[h], aged = kv_aged(L, p, h);
-    const size_t row = (size_t)L->row[p];
-    uint8_t *base = L->data[p] + (size_t)h * L->ccap * row;
+    const size_t row = (size_t)L->row[p][h];
+    uint8_t *base = kv_row_at(L, p, h, 0);
     float *res = L->res[p] ? L->res[p] + (size_t)h * L->rcap[p] * D : 0;
     int32_t j = 0, kept_aged = 0;
     for (int32_t e = 0; e < n; e++) {

@@ -26,6 +26,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
+from . import formats
 from . import policy as policies
 from .chat import render_chat
 from .policy import PREFILL_CHUNK, Applied, Context, Step  # noqa: F401  (PREFILL_CHUNK: re-exported)
@@ -273,6 +274,8 @@ class Engine:
             "layer_bytes": [[r[0], r[1]] for r in rows],
             "layer_index_bytes": [r[2] for r in rows],
             "kept": [list(r[3:]) for r in rows],
+            # bits per value of each KV head's keys and values (entropy_bits gives heads their own)
+            "head_bits": [[[formats.BITS[k], formats.BITS[v]] for k, v in layer] for layer in store.formats()],
             "working_bytes": store.working_bytes(),
         }
 

@@ -77,6 +77,12 @@ def from_bits(bits: int) -> int:
     return BY_BITS[bits]
 
 
+def valid(f: int, group: int, n: int) -> bool:
+    """Whether the store can hold rows of n values in format f with this group size
+    (kv_valid_format)."""
+    return f in NAMES and group in GROUP_SIZES and (not is_grouped(f) or n % group == 0)
+
+
 def is_grouped(f: int) -> bool:
     return f in _HEADER
 

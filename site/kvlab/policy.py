@@ -45,16 +45,20 @@ def parse_policy(policy: Any) -> dict[str, dict]:
     evicting = [name for name in parsed if REGISTRY[name].family == "evict"]
     if len(evicting) > 1:
         raise PolicyError(f"{' and '.join(evicting)} each choose which entries to keep: use one of them")
+    for name, params in parsed.items():
+        REGISTRY[name].check_policy(params, parsed)
     return parsed
 
 
 @dataclass
 class Context:
-    """What techniques may read besides their parameters: the model's configuration and
-    the head profile (``kvlab.profile``'s object; None when none was given)."""
+    """What techniques may read besides their parameters: the model's configuration, the
+    head profile (``kvlab.profile``'s object; None when none was given) and the policy."""
 
     model: dict
     profile: dict | None = None
+    #: the parsed policy this context serves (a technique may read another's settings)
+    policy: dict = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -81,6 +85,7 @@ class Applied:
     report: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        self.ctx.policy = self.policy
         for name, params in self.policy.items():
             REGISTRY[name].check_context(params, self.ctx)
 

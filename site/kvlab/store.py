@@ -136,6 +136,27 @@ class KVStore:
         """Formats of one layer's K and V (layer -1: all); the layer must hold no tokens."""
         self._call("kv_configure", layer, formats.fmt(k_fmt), formats.fmt(v_fmt), group)
 
+    def configure_head(self, layer: int, head: int, k_fmt: int | str, v_fmt: int | str) -> None:
+        """One KV head's own K and V formats (after ``configure``, which sets every head's;
+        the layer's group size, rotation and aging stay), while the layer holds no tokens."""
+        self._call("kv_configure_head", layer, head, formats.fmt(k_fmt), formats.fmt(v_fmt))
+
+    def head_format(self, layer: int, head: int, part: int) -> int:
+        """The format of part 0 (K) or 1 (V) of one KV head."""
+        return self._call("kv_head_format", layer, head, part)
+
+    def formats(self) -> list[list[tuple[int, int]]]:
+        """Every KV head's (K format, V format), per layer: one call."""
+        n = self.n_layers * self.n_kv_heads * 2
+        ptr = self.alloc(4 * n)
+        try:
+            self._call("kv_formats", ptr)
+            w = struct.unpack(f"<{n}i", self.module.read(ptr, 4 * n))
+        finally:
+            self.free(ptr)
+        H = self.n_kv_heads
+        return [[(w[2 * (layer * H + h)], w[2 * (layer * H + h) + 1]) for h in range(H)] for layer in range(self.n_layers)]
+
     def rotate(self, layer: int, k: bool, v: bool) -> None:
         """Rotate one layer's K and/or V rows (layer -1: all) by the random-sign Walsh-Hadamard
         transform before their format, and back when staged; after ``configure`` (which

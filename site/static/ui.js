@@ -105,6 +105,7 @@ const ui = {
   bootElapsed: $("#boot-elapsed"),
 };
 ui.bars.style.setProperty("--n-layers", String(N_LAYERS));
+$("#head-bits").style.setProperty("--n-layers", String(N_LAYERS));
 
 // ---- messages ------------------------------------------------------------------------
 
@@ -525,6 +526,23 @@ function setMeter(m) {
       + (heads.length ? ` · kept per KV head ${heads.map(fmtInt).join(" / ")}` : "")
       + (partFp32 ? ` (fp32: ${fmtBytes(partFp32)} each)` : "");
   });
+  if (m.head_bits) setHeadBits(m.head_bits);
+}
+
+/** The bits-per-head map: each KV head's key and value width (m.head_bits: per layer, per
+ *  KV head, [K bits, V bits]). Redrawn only when the widths change. */
+function setHeadBits(bits) {
+  const key = JSON.stringify(bits);
+  const grid = $("#head-bits");
+  if (grid.dataset.shown === key) return;
+  grid.dataset.shown = key;
+  for (const c of grid.querySelectorAll(".hb")) {
+    const b = bits[Number(c.dataset.layer)]?.[Number(c.dataset.head)]?.[c.dataset.part === "K" ? 0 : 1];
+    if (b === undefined) continue;
+    c.dataset.bits = String(b);
+    c.textContent = String(b);
+    c.title = `layer ${c.dataset.layer} · KV head ${c.dataset.head} · ${c.dataset.part}: ${b} bits`;
+  }
 }
 
 function setSpeed({ msPerToken, ttft, prefill }) {

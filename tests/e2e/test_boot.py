@@ -15,6 +15,8 @@ POLICIES = {
     "full": {},
     "q8q8": {"quant": {"k_bits": 8, "v_bits": 8}},
     "q4q4": {"quant": {"k_bits": 4, "v_bits": 4}},
+    # aging: keys per channel in blocks of 16 (KIVI), values through a window of 4
+    "kivi": {"quant": {"k_bits": 4, "v_bits": 4, "k_axis": "channel", "group_size": 16, "recent_v": 4}},
 }
 PROMPTS = {
     "raw": ("The three primary colours are", False),
@@ -64,7 +66,8 @@ def test_greedy_ids_and_bytes_equal_native(browser, engine, prompt, policy):
     assert web["prompt_ids"] == native["prompt_ids"]
     assert web["ids"] == native["ids"]
     assert web["text"] == native["text"]
-    for key in ("cache_bytes", "fp32_bytes", "fp16_bytes", "layer_bytes", "bytes_per_step", "tokens_cached", "policy"):
+    for key in ("cache_bytes", "fp32_bytes", "fp16_bytes", "layer_bytes", "bytes_per_step", "tokens_cached", "policy",
+                "head_bits"):
         assert web[key] == native[key], key
     assert web["host"] == "browser" and web["store"] == "simd"
     assert set(web) == set(native)

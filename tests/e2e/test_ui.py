@@ -237,3 +237,31 @@ def test_final_screenshot_after_a_generation(page, browser):
     browser.save("ui")
     set_quant(page, None)
     assert browser.blocked == []
+
+
+def test_the_bits_map_shows_each_heads_width(page, profiled_engine):
+    """entropy_bits (an example chip): the map under the meter shows every KV head's key and
+    value width as the store holds it, equal to the native host's; uniform q4 then shows 4
+    everywhere."""
+    from kvlab.engine import Request
+
+    page.click("#techniques button.chip:text-is('entropy_bits · 4')")
+    try:
+        policy = json.loads(page.text_content("#policy-json"))
+        assert set(policy) == {"entropy_bits"}
+        web = generate(page, "Water boils at", max_new=3)
+        nat = profiled_engine.generate(Request(prompt="Water boils at", max_new_tokens=3, policy=policy))
+        assert web["head_bits"] == nat["head_bits"] and web["cache_bytes"] == nat["cache_bytes"]
+        cells = page.evaluate("""() => [...document.querySelectorAll('#head-bits .hb')].map((c) =>
+            [+c.dataset.layer, +c.dataset.head, c.dataset.part, +c.dataset.bits, c.textContent])""")
+        assert len(cells) == N_LAYERS * 3 * 2
+        for layer, head, part, bits, text in cells:
+            assert bits == nat["head_bits"][layer][head][0 if part == "K" else 1] and text == str(bits)
+        widths = [c[3] for c in cells]
+        assert widths.count(16) == 4 and 3 in widths  # 2 heads x K and V at 16; some heads pay at 3
+    finally:
+        full = page.locator("#techniques button.chip:text-is('full fp32')")
+        full.click()
+    set_quant(page, (4, 4))
+    generate(page, "Water boils at", max_new=2)
+    assert page.evaluate("[...document.querySelectorAll('#head-bits .hb')].every((c) => c.dataset.bits === '4')")

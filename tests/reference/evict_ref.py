@@ -228,12 +228,12 @@ class Layer:
     """One layer: its formats, heads, capacities, held index / scores, last-step mapping."""
 
     def __init__(self, H: int, D: int):
-        self.D = D
-        self.fmt = [kref.F32, kref.F32]
+        self.D, self.H = D, H
+        self.fmt = [[kref.F32] * H, [kref.F32] * H]  # K, V: per KV head
         self.group = 32
         self.recent = [0, 0]  # kv_age's window per part
         self.axis = [0, 0]  # 1: per-channel blocks
-        self.heads = [Head(D, self.row) for _ in range(H)]
+        self.heads = [Head(D, self.head_rows(i)) for i in range(H)]
         self.pcap = 0  # staging capacity (the model's P)
         self.ccap = 0  # stream / index capacity (0: no streams allocated)
         self.evicted = False  # holds a position list (kv_bytes part 2)
@@ -245,9 +245,18 @@ class Layer:
         self.attn: np.ndarray | None = None  # (q_heads, step_P + S) of the last commit
 
     @property
-    def row(self) -> tuple[int, int]:
-        return tuple(kref.channel_row_bytes(f, self.D) if a else kref.row_bytes(f, self.group, self.D)
-                     for f, a in zip(self.fmt, self.axis))
+    def row(self) -> list[list[int]]:
+        """[part][head] bytes of one entry's row."""
+        return [[kref.channel_row_bytes(f, self.D) if a else kref.row_bytes(f, self.group, self.D) for f in fs]
+                for fs, a in zip(self.fmt, self.axis)]
+
+    def head_rows(self, i: int) -> tuple[int, int]:
+        return self.row[0][i], self.row[1][i]
+
+    def new_rows(self) -> None:
+        """The (empty) heads' row arrays, for the current formats."""
+        for i, h in enumerate(self.heads):
+            h.rows = [np.zeros((0, r), np.uint8) for r in self.head_rows(i)]
 
     def aging(self, p: int) -> bool:
         return self.recent[p] > 0 or self.axis[p] == 1
@@ -263,7 +272,7 @@ class Layer:
 
     def clear(self) -> None:
         """free_layer: every entry and buffer gone (formats stay)."""
-        self.heads = [Head(self.D, self.row) for _ in self.heads]
+        self.heads = [Head(self.D, self.head_rows(i)) for i in range(self.H)]
         self.pcap = self.ccap = 0
         self.evicted = self.scored = self.held = self.step_ok = False
         self.prev = [0] * len(self.heads)
@@ -293,8 +302,8 @@ class Layer:
         """kv_bytes(layer, part)."""
         entries = sum(h.n for h in self.heads)
         if part < 2:
-            return sum(h.aged(part) * self.row[part] + 4 * self.D * (len(h.res[part]) + len(h.blocks[part]))
-                       for h in self.heads)
+            return sum(h.aged(part) * self.row[part][i] + 4 * self.D * (len(h.res[part]) + len(h.blocks[part]))
+                       for i, h in enumerate(self.heads))
         blocks = sum(len(h.blocks[0]) + len(h.blocks[1]) for h in self.heads)
         return entries * (4 * self.evicted + 4 * (self.scored and self.held)) + 4 * blocks * self.evicted
 
@@ -321,13 +330,12 @@ class CacheModel:
             return ESTATE
         for L in sel:
             old = L.row
-            L.fmt, L.group = [kf, vf], group
+            L.fmt, L.group = [[kf] * self.H, [vf] * self.H], group
             L.recent, L.axis = [0, 0], [0, 0]
             if L.row != old or L.ccap == 0:  # the streams and scores go; the position list
                 L.ccap = 0  # stays: the next token is still `appended`, not entry 0
                 L.drop_scores()
-            for h in L.heads:  # empty: only the row width changes
-                h.rows = [np.zeros((0, r), np.uint8) for r in L.row]
+            L.new_rows()  # empty: only the row width changes
         self.open_S = 0
         return OK
 
@@ -342,8 +350,21 @@ class CacheModel:
             if L.row != old or L.ccap == 0:
                 L.ccap = 0
                 L.drop_scores()
-            for h in L.heads:
-                h.rows = [np.zeros((0, r), np.uint8) for r in L.row]
+            L.new_rows()
+        self.open_S = 0
+        return OK
+
+    def configure_head(self, layer: int, head: int, kf: int, vf: int) -> int:
+        """kv_configure_head with formats the C accepts (the model does not validate them)."""
+        L = self.layers[layer]
+        if L.used > 0:
+            return ESTATE
+        old = L.row
+        L.fmt[0][head], L.fmt[1][head] = kf, vf
+        if L.row != old:
+            L.ccap = 0
+            L.drop_scores()
+        L.new_rows()
         self.open_S = 0
         return OK
 
@@ -373,23 +394,17 @@ class CacheModel:
         if S != self.open_S:
             return EINVAL
         for L, kl, vl, al in zip(self.layers, k, v, attn):
-            new = []
-            for p, x in enumerate((kl, vl)):  # quantize every (head, token) row at once
-                if L.aging(p):
-                    new.append(None)
-                    continue
-                raw = kref.quantize(L.fmt[p], L.group, x)
-                new.append((np.frombuffer(raw, np.uint8).reshape(self.H, S, -1),
-                            kref.dequantize(L.fmt[p], L.group, raw).reshape(self.H, S, self.D)))
             for i, h in enumerate(L.heads):
                 L.prev[i] = h.n
                 h.pos = np.concatenate([h.pos, np.arange(self.appended, self.appended + S)])
                 for p, x in enumerate((kl, vl)):
-                    if new[p] is None:
-                        self._append_aging(L, h, p, np.asarray(x, F32)[i])
+                    x = np.asarray(x, F32)[i]  # (S, D) this head's new rows
+                    if L.aging(p):
+                        self._append_aging(L, h, p, x, L.fmt[p][i])
                         continue
-                    h.rows[p] = np.concatenate([h.rows[p], new[p][0][i]])
-                    h.stage[p] = np.concatenate([h.stage[p], new[p][1][i]])
+                    raw = kref.quantize(L.fmt[p][i], L.group, x)  # every row at once
+                    h.rows[p] = np.concatenate([h.rows[p], np.frombuffer(raw, np.uint8).reshape(S, -1)])
+                    h.stage[p] = np.concatenate([h.stage[p], kref.dequantize(L.fmt[p][i], L.group, raw).reshape(S, -1)])
                 if L.scored:
                     h.score = np.concatenate([h.score, np.zeros(S, F32)])
             L.step_P, L.step_ok = L.pcap, True
@@ -398,7 +413,7 @@ class CacheModel:
         self.last_S, self.open_S = S, 0
         return OK
 
-    def _append_aging(self, L: Layer, h: Head, p: int, x: np.ndarray) -> None:
+    def _append_aging(self, L: Layer, h: Head, p: int, x: np.ndarray, fmt: int) -> None:
         """x (S, D): what leaves the window goes into the format, the rest waits exact."""
         S, D = len(x), self.D
         a0 = len(h.rows[p])  # entries in the format (pos already holds the new ones)
@@ -409,16 +424,16 @@ class CacheModel:
         if L.axis[p]:
             rows = []
             for b in range(0, aged, L.group):
-                params, codes = kref.quantize_channel(L.fmt[p], go[b : b + L.group])
+                params, codes = kref.quantize_channel(fmt, go[b : b + L.group])
                 h.blocks[p].append([params, L.group])
                 rows.append(codes)
-                stage[a0 + b : a0 + b + L.group] = kref.dequantize_channel(L.fmt[p], params, codes)
-            rows = np.concatenate(rows) if rows else np.zeros((0, L.row[p]), np.uint8)
+                stage[a0 + b : a0 + b + L.group] = kref.dequantize_channel(fmt, params, codes)
+            rows = np.concatenate(rows) if rows else np.zeros((0, h.rows[p].shape[1]), np.uint8)
         else:
-            raw = kref.quantize(L.fmt[p], L.group, go) if aged else b""
-            rows = np.frombuffer(raw, np.uint8).reshape(aged, L.row[p])
+            raw = kref.quantize(fmt, L.group, go) if aged else b""
+            rows = np.frombuffer(raw, np.uint8).reshape(aged, h.rows[p].shape[1])
             if aged:
-                stage[a0 : a0 + aged] = kref.dequantize(L.fmt[p], L.group, raw).reshape(aged, D)
+                stage[a0 : a0 + aged] = kref.dequantize(fmt, L.group, raw).reshape(aged, D)
         h.rows[p] = np.concatenate([h.rows[p], rows])
         h.res[p] = waiting[aged:].copy()
         h.stage[p] = stage

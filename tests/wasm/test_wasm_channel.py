@@ -198,3 +198,47 @@ def test_truncate_keeps_what_aged_and_refuses_to_cut_a_block(wasm_path):
     assert [len(h.res[0]) for h in tw.model.layers[0].heads] == [7] * tw.H
     tw.append(9, np.random.default_rng(5))
     tw.check(full=True)
+
+
+# ---------------------------------------------------------------------------------------
+# Formats per KV head (kv_configure_head)
+# ---------------------------------------------------------------------------------------
+
+
+def test_heads_of_a_layer_hold_their_own_formats(wasm_path):
+    """Layer 0's three KV heads in f16 / q8 / q2 keys (values q4 / f32 / q3) beside layers of
+    q4: the bytes are each head's rows, the staging each head's own round trip (checked
+    against the model), and kv_head_format says which is which; kv_configure resets them."""
+    tw = Twin(wasm_path, dict(n_layers=2, n_kv_heads=3, n_q_heads=6, head_dim=64, vocab=100))
+    tw.configure(-1, formats.Q4, formats.Q4, 32)
+    for h, (kf, vf) in enumerate([(formats.F16, formats.Q4), (formats.Q8, formats.F32), (formats.Q2, formats.Q3)]):
+        assert tw.configure_head(0, h, kf, vf) == 0
+        assert (tw.m.call("kv_head_format", 0, h, 0), tw.m.call("kv_head_format", 0, h, 1)) == (kf, vf)
+    rng = np.random.default_rng(6)
+    for S in (70, 1, 30):
+        tw.append(S, rng)
+        tw.check(full=True)
+    row = lambda f: formats.row_bytes(f, 32, 64)  # noqa: E731
+    assert tw.s.bytes(0, 0) == 101 * (row(formats.F16) + row(formats.Q8) + row(formats.Q2))
+    assert tw.s.bytes(0, 1) == 101 * (row(formats.Q4) + row(formats.F32) + row(formats.Q3))
+    assert tw.s.bytes(1, 0) == 101 * 3 * row(formats.Q4)
+    assert tw.configure_head(0, 1, formats.Q8, formats.Q8) == formats.ESTATE  # holds entries
+    tw.reset()
+    tw.configure(0, formats.Q8, formats.Q8, 32)
+    assert [tw.m.call("kv_head_format", 0, h, 0) for h in range(3)] == [formats.Q8] * 3
+
+
+def test_bad_head_formats_are_refused(wasm_path):
+    tw = Twin(wasm_path)
+    tw.configure(-1, formats.Q4, formats.Q4, 32)
+    m = tw.m
+    for args in [(-1, 0, formats.Q4, formats.Q4), (3, 0, formats.Q4, formats.Q4), (0, 3, formats.Q4, formats.Q4),
+                 (0, -1, formats.Q4, formats.Q4), (0, 0, 99, formats.Q4), (0, 0, formats.Q4, -1)]:
+        assert m.call("kv_configure_head", *args) == formats.EINVAL, args
+    assert m.call("kv_head_format", 0, 3, 0) == formats.EINVAL
+    assert m.call("kv_head_format", 0, 0, 2) == formats.EINVAL
+    tw.age(0, 0, 0, 1)  # per-channel keys: a head cannot take a format without blocks
+    assert tw.configure_head(0, 1, formats.Q8, formats.Q4) == formats.EINVAL
+    assert tw.configure_head(0, 1, formats.Q2, formats.Q8) == 0
+    tw.append(40, np.random.default_rng(7))
+    tw.check(full=True)

@@ -44,7 +44,7 @@ def wasm_path(request):
 # size_t and pointers are all 4 bytes; arrays spelled out)
 STATE_FIELDS = "ready n_layers n_kv_heads n_q_heads head_dim vocab layer table io io_cap open_S last_S appended".split()
 LAYER_FIELDS = (
-    "fmt0 fmt1 group row0 row1 rot0 rot1 data0 data1 ccap live used pos score score_held "
+    "fmt0 fmt1 group row0 row1 off0 off1 rows0 rows1 rot0 rot1 data0 data1 ccap live used pos score score_held "
     "stage0 stage1 mask pcap prev step_P step_ok "
     "recent0 recent1 axis0 axis1 rcap0 rcap1 fresh0 fresh1 res0 res1 bpar0 bpar1 bcnt0 bcnt1 nblk0 nblk1 bcap"
 ).split()
@@ -153,11 +153,21 @@ class Twin:
     def reset(self):
         return self.both(self.m.call("kv_reset"), self.model.reset(), "reset")
 
+    def configure_head(self, layer, head, kf, vf):
+        """kv_configure_head; a format the layer's group cannot hold, or one without
+        per-channel blocks on a per-channel part, is refused (EINVAL)."""
+        got = self.m.call("kv_configure_head", layer, head, kf, vf)
+        L = self.model.layers[layer]
+        bad = any(not formats.valid(f, L.group, self.D) or (L.axis[p] and f not in formats.CHANNEL_BITS)
+                  for p, f in enumerate((kf, vf)))
+        want = formats.EINVAL if bad else self.model.configure_head(layer, head, kf, vf)
+        return self.both(got, want, ("configure_head", layer, head, kf, vf))
+
     def age(self, layer, part, recent, axis):
         """kv_age; a per-channel axis on a format without one is refused (EINVAL)."""
         got = self.m.call("kv_age", layer, part, recent, axis)
         sel = self.model._layers(layer)
-        if axis and any(L.fmt[part] not in formats.CHANNEL_BITS for L in sel):
+        if axis and any(f not in formats.CHANNEL_BITS for L in sel for f in L.fmt[part]):
             want = formats.ESTATE if any(L.used for L in sel) and got == formats.ESTATE else formats.EINVAL
             return self.both(got, want, ("age", layer, part, recent, axis))
         return self.both(got, self.model.age(layer, part, recent, axis), ("age", layer, part, recent, axis))
@@ -235,7 +245,12 @@ class Twin:
         assert (st["appended"], st["open_S"], st["last_S"]) == (model.appended, model.open_S, model.last_S)
         for i, (f, L) in enumerate(zip(layers, model.layers)):
             where = f"layer {i}"
-            assert (f["fmt0"], f["fmt1"], f["group"], (f["row0"], f["row1"])) == (*L.fmt, L.group, L.row), where
+            fmts = [at(mem, f[f"fmt{p}"], np.int32, (H,)).tolist() for p in range(2)]
+            rows = [at(mem, f[f"row{p}"], np.int32, (H,)).tolist() for p in range(2)]
+            offs = [at(mem, f[f"off{p}"], np.int32, (H,)).tolist() for p in range(2)]
+            assert (fmts, f["group"], rows) == (L.fmt, L.group, L.row), where
+            assert offs == [np.concatenate([[0], np.cumsum(r)[:-1]]).tolist() for r in rows], where
+            assert [f["rows0"], f["rows1"]] == [sum(r) for r in rows], where
             assert (f["pcap"], f["ccap"], f["used"]) == (L.pcap, L.ccap, L.used), where
             assert list(at(mem, f["live"], np.int32, (H,))) == [h.n for h in L.heads], where
             assert (bool(f["pos"]), bool(f["score"]), f["score_held"]) == (L.evicted, L.scored, L.held), where
@@ -253,7 +268,8 @@ class Twin:
             if not L.ccap:  # no streams (the position list may stay: checked above)
                 assert f["data0"] == f["data1"] == f["score"] == 0, where
                 continue
-            streams = [at(mem, f[f"data{p}"], np.uint8, (H, L.ccap, L.row[p])) for p in range(2)]
+            streams = [[at(mem, f[f"data{p}"] + L.ccap * offs[p][j], np.uint8, (L.ccap, rows[p][j])) for j in range(H)]
+                       for p in range(2)]
             pos = at(mem, f["pos"], np.int32, (H, L.ccap)) if L.evicted else None
             score = at(mem, f["score"], np.float32, (H, L.ccap)) if L.scored else None
             for p in range(2):  # aging: the window's settings, what waits, the blocks
@@ -273,7 +289,7 @@ class Twin:
                         assert cnt[j, : nblk[j]].tolist() == [b[1] for b in h.blocks[p]], where
             for j, h in enumerate(L.heads):
                 for p in range(2):
-                    assert streams[p][j, : h.aged(p)].tobytes() == h.rows[p].tobytes(), (where, j, p)
+                    assert streams[p][j][: h.aged(p)].tobytes() == h.rows[p].tobytes(), (where, j, p)
                 if pos is not None:
                     assert np.array_equal(pos[j, : h.n], h.pos), (where, j)
                 if score is not None:
@@ -526,6 +542,7 @@ MAX_LIVE = 300  # entries per head before the run prefers evicting (keeps each c
 OPS = {  # operation: weight
     "append": 24, "begin": 3, "commit": 3, "evict": 16, "bad_evict": 3, "score_select": 20,
     "score": 8, "select": 5, "drop": 3, "truncate": 5, "reset_configure": 4, "configure": 2, "age": 2,
+    "configure_head": 2,
 }
 
 
@@ -587,9 +604,16 @@ def random_op(tw: Twin, rng, op: str) -> str:
         for i in range(tw.L):
             if rng.random() < 0.8:
                 tw.configure(i, *random_formats(rng))
+            for j in range(tw.H):  # heads of their own formats
+                if rng.random() < 0.3:
+                    kf, vf, _ = random_formats(rng)
+                    tw.configure_head(i, j, kf, vf)
             for p in range(2):  # aging windows, per-channel blocks (refused on other formats)
                 if rng.random() < 0.4:
                     tw.age(i, p, int(rng.choice([0, 1, 3, 8, 20, 40])), int(rng.random() < 0.5))
+    elif op == "configure_head":  # one head's formats: ESTATE while the layer holds entries
+        kf, vf, _ = random_formats(rng)
+        tw.configure_head(int(rng.integers(tw.L)), int(rng.integers(tw.H)), kf, vf)
     elif op == "age":  # ESTATE while the layer holds entries
         tw.age(int(rng.integers(-1, tw.L)), int(rng.integers(2)), int(rng.integers(0, 30)), int(rng.integers(2)))
     else:  # configure: ESTATE while the layer holds entries

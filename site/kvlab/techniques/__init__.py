@@ -11,6 +11,7 @@ from __future__ import annotations
 from .base import Param, PolicyError, Technique
 from .compresskv import CompressKV
 from .duo import Duo
+from .entropy_bits import EntropyBits
 from .h2o import H2O
 from .knorm import KNorm
 from .pyramidkv import PyramidKV
@@ -21,7 +22,7 @@ from .tova import TOVA
 
 #: technique name (the key in a policy JSON object) → technique
 REGISTRY: dict[str, Technique] = {
-    t.name: t for t in (Quant(), Streaming(), H2O(), SnapKV(), PyramidKV(), CompressKV(), TOVA(), KNorm(), Duo())
+    t.name: t for t in (Quant(), EntropyBits(), Streaming(), H2O(), SnapKV(), PyramidKV(), CompressKV(), TOVA(), KNorm(), Duo())
 }
 
 __all__ = ["Param", "PolicyError", "REGISTRY", "Technique"]

@@ -93,6 +93,10 @@ class Technique:
         start from it): {} where every parameter has a default."""
         return {}
 
+    def check_policy(self, params: dict, policy: dict) -> None:
+        """Refuse (PolicyError) a combination with the policy's other techniques (``policy``:
+        every technique's parsed parameters, this one's included)."""
+
     def check_context(self, params: dict, ctx) -> None:
         """Refuse (PolicyError) a setting this model or profile cannot serve, before the
         store is touched; ctx is a ``kvlab.policy.Context``."""

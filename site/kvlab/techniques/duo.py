@@ -42,12 +42,7 @@ class Duo(Eviction):
             raise PolicyError(f"duo.heads must be at most {n} (the model's KV heads), got {p['heads']}")
 
     def retrieval_heads(self, ctx, heads: int) -> set[tuple[int, int]]:
-        """The ``heads`` best (layer, KV head) by their query group's best retrieval score."""
-        G = ctx.model["n_heads"] // ctx.model["n_kv_heads"]
-        ranked = sorted(((max(row[k * G:(k + 1) * G]), layer, k)
-                         for layer, row in enumerate(ctx.profile["metrics"]["retrieval"]["values"])
-                         for k in range(ctx.model["n_kv_heads"])), key=lambda x: (-x[0], x[1], x[2]))
-        return {(layer, k) for _, layer, k in ranked[:heads]}
+        return retrieval_heads(ctx, heads)
 
     def protect(self, p: dict) -> tuple[int, int]:
         return p["sinks"], 0
@@ -59,3 +54,13 @@ class Duo(Eviction):
         whole = self.retrieval_heads(ctx, p["heads"])
         return [[-1 if (layer, k) in whole else keep for k in range(store.n_kv_heads)]
                 for layer in range(store.n_layers)]
+
+
+def retrieval_heads(ctx, heads: int) -> set[tuple[int, int]]:
+    """The ``heads`` best (layer, KV head) of the profile by their query group's best
+    retrieval score (ties: the earlier layer, then head)."""
+    G = ctx.model["n_heads"] // ctx.model["n_kv_heads"]
+    ranked = sorted(((max(row[k * G:(k + 1) * G]), layer, k)
+                     for layer, row in enumerate(ctx.profile["metrics"]["retrieval"]["values"])
+                     for k in range(ctx.model["n_kv_heads"])), key=lambda x: (-x[0], x[1], x[2]))
+    return {(layer, k) for _, layer, k in ranked[:heads]}
