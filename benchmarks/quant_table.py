@@ -150,16 +150,16 @@ def render(args) -> None:
               f"{100 * top1:.1f} % | {ppl:.2f} | {statistics.mean(dppl):+.1f} %; {min(dppl):+.1f}–{max(dppl):+.1f} % |")
     ctx = {(r["context"], r["positions"]) for r in rows}
     print(f"\n(context, positions) per text: {sorted(ctx)}")
-    tasks = sorted({r["task"] for r in every} - {"ppl"})
+    tasks = sorted({r.get("task", "ppl") for r in every} - {"ppl"})
     if not tasks:
         return
     print("\n| configuration | ×fp32 | " + " | ".join(f"{t} (n, context)" for t in tasks) + " |")
     print("|---|---|" + "---|" * len(tasks))
-    names = [n for n in ROWS if any(r["row"] == n and r["task"] in tasks for r in every)]
+    names = [n for n in ROWS if any(r["row"] == n and r.get("task", "ppl") in tasks for r in every)]
     for name in names:
         cells, ratio = [], None
         for t in tasks:
-            got = [r for r in every if r["row"] == name and r["task"] == t]
+            got = [r for r in every if r["row"] == name and r.get("task", "ppl") == t]
             if not got:
                 cells.append("")
                 continue
