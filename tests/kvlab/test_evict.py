@@ -154,6 +154,30 @@ def test_eviction_composes_with_quantization(engine, prompt, policy):
     assert res["savings"]["eviction"] > 1.9
 
 
+def test_eviction_composes_with_aging(engine, prompt):
+    """KIVI keys (per channel, blocks of 32) and a k128-style window under rolling H2O: each
+    KV head keeps its own entries, the block params stay while a block has an entry, and the
+    waiting entries are fp32. The quantization factor is then below q4's 6.4 by exactly what
+    the store counts: every head's bytes re-derived from its rows (kv_rows) and the index
+    (positions + H2O's scores + one count per block), and the meter's total equal to them."""
+    policy = {"h2o": {"budget": BUDGET}, "quant": {"k_bits": 4, "v_bits": 4, "k_axis": "channel", "recent_v": 16}}
+    res = run(engine, prompt[0], policy)
+    store = engine.store
+    rows = sum(len(store.rows(layer, h, p)) for layer in range(engine.n_layers) for h in range(3) for p in (0, 1))
+    assert rows + res["index_bytes"] == res["cache_bytes"]
+    kept = sum(sum(k) for k in res["kept"])
+    # V: q4 rows beyond each head's window of 16, fp32 inside it; K: codes + params + waiting
+    v = sum(store.bytes(layer, 1) for layer in range(engine.n_layers))
+    assert v == sum(40 * (n - min(16, n)) + 256 * min(16, n) for r in res["kept"] for n in r)
+    k = sum(store.bytes(layer, 0) for layer in range(engine.n_layers))
+    blocks = (res["index_bytes"] - 8 * kept) // 4  # positions and scores: 4 + 4 per entry
+    waiting = k - 256 * blocks - 32 * kept  # each entry still waiting: 256 fp32 bytes instead of 32 of codes
+    assert blocks > 0 and waiting >= 0 and waiting % 224 == 0
+    # the factor the result reports is these bytes' (short budgets: the fp32 waiting entries weigh)
+    assert res["savings"]["quantization"] == pytest.approx(kept * 512 / (k + v), rel=1e-4)
+    assert res["savings"]["quantization"] < 6.4 and res["savings"]["eviction"] > 1.9
+
+
 def test_short_prompts_evict_nothing_and_say_so(engine):
     for policy in ({"snapkv": {"ratio": 0.9}}, {"streaming": {"budget": 256}}, {"knorm": {"budget": 100}}):
         res = run(engine, "A short prompt of a few words.", policy)
