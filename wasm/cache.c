@@ -126,6 +126,14 @@ static void free_all(void) {
     kv.appended = 0;
 }
 
+// The layers a call names: [lo, hi) for layer in [0, n_layers), all for -1; 0 if invalid.
+static int32_t layer_range(int32_t layer, int32_t *lo, int32_t *hi) {
+    if (layer < -1 || layer >= kv.n_layers) return 0;
+    *lo = layer < 0 ? 0 : layer;
+    *hi = layer < 0 ? kv.n_layers : layer + 1;
+    return 1;
+}
+
 // Recompute a layer's row sizes of part p from its heads' formats, group and axis; 1 if
 // they changed (the reserved streams then no longer fit).
 static int set_rows(kv_layer *L, int p) {
@@ -252,10 +260,10 @@ int32_t kv_init(int32_t n_layers, int32_t n_kv_heads, int32_t n_q_heads, int32_t
 KV_EXPORT(kv_configure)
 int32_t kv_configure(int32_t layer, int32_t k_fmt, int32_t v_fmt, int32_t group) {
     if (!kv.ready) return KV_ESTATE;
-    if (layer < -1 || layer >= kv.n_layers) return KV_EINVAL;
+    int32_t lo, hi;
+    if (!layer_range(layer, &lo, &hi)) return KV_EINVAL;
     if (!kv_valid_format(k_fmt, group, kv.head_dim) || !kv_valid_format(v_fmt, group, kv.head_dim))
         return KV_EINVAL;
-    int32_t lo = layer < 0 ? 0 : layer, hi = layer < 0 ? kv.n_layers : layer + 1;
     for (int32_t l = lo; l < hi; l++)
         if (kv.layer[l].used > 0) return KV_ESTATE;
     int32_t fmts[2] = {k_fmt, v_fmt};
@@ -320,8 +328,8 @@ KV_EXPORT(kv_head_format) int32_t kv_head_format(int32_t layer, int32_t head, in
 // kv_configure clears it.
 KV_EXPORT(kv_rotate) int32_t kv_rotate(int32_t layer, int32_t k_on, int32_t v_on) {
     if (!kv.ready) return KV_ESTATE;
-    if (layer < -1 || layer >= kv.n_layers || !kv_rotatable(kv.head_dim)) return KV_EINVAL;
-    int32_t lo = layer < 0 ? 0 : layer, hi = layer < 0 ? kv.n_layers : layer + 1;
+    int32_t lo, hi;
+    if (!layer_range(layer, &lo, &hi) || !kv_rotatable(kv.head_dim)) return KV_EINVAL;
     for (int32_t l = lo; l < hi; l++)
         if (kv.layer[l].used > 0) return KV_ESTATE;
     for (int32_t l = lo; l < hi; l++) {
@@ -340,10 +348,10 @@ KV_EXPORT(kv_rotate) int32_t kv_rotate(int32_t layer, int32_t k_on, int32_t v_on
 // holds entries (nothing changes then). kv_configure clears it.
 KV_EXPORT(kv_age) int32_t kv_age(int32_t layer, int32_t part, int32_t recent, int32_t axis) {
     if (!kv.ready) return KV_ESTATE;
-    if (layer < -1 || layer >= kv.n_layers || part < 0 || part > 1 || recent < 0 || recent > (1 << 20) ||
-        axis < 0 || axis > 1)
+    int32_t lo, hi;
+    if (!layer_range(layer, &lo, &hi) || part < 0 || part > 1 || recent < 0 || recent > (1 << 20) || axis < 0 ||
+        axis > 1)
         return KV_EINVAL;
-    int32_t lo = layer < 0 ? 0 : layer, hi = layer < 0 ? kv.n_layers : layer + 1;
     for (int32_t l = lo; l < hi; l++) {
         if (kv.layer[l].used > 0) return KV_ESTATE;
         for (int32_t h = 0; h < kv.n_kv_heads && axis; h++)
@@ -756,13 +764,6 @@ KV_EXPORT(kv_hide) int32_t kv_hide(int32_t layer, int32_t lo, int32_t hi, int32_
 // ---------------------------------------------------------------------------------------
 // Accounting and inspection
 // ---------------------------------------------------------------------------------------
-
-static int32_t layer_range(int32_t layer, int32_t *lo, int32_t *hi) {
-    if (layer < -1 || layer >= kv.n_layers) return 0;
-    *lo = layer < 0 ? 0 : layer;
-    *hi = layer < 0 ? kv.n_layers : layer + 1;
-    return 1;
-}
 
 // Exact bytes held for `part` of a layer (-1: all layers): 0 = K (rows with their scales,
 // the entries waiting exact in an aging window at 4 head_dim bytes each, the per-channel
