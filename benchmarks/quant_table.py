@@ -82,6 +82,18 @@ ROWS = {
     "entropy_bits 4 + 9 retrieval heads": {"entropy_bits": {"bits": 4, "retrieval": 9}},
     "entropy_bits 3": {"entropy_bits": {"bits": 3}},
     "entropy_bits 3, no skip": {"entropy_bits": {"bits": 3, "skip": 0.0}},
+    # seed 000: the most collapsed KV heads' keys as a mean pre-RoPE key + a residual
+    "collapse top 1, K8 residual": {"collapse": {"heads": 1, "bits": 8}},
+    "collapse top 1, mean only": {"collapse": {"heads": 1, "bits": 0}},
+    "collapse top 1, mean only, prompt mean": {"collapse": {"heads": 1, "bits": 0, "mean": "prompt"}},
+    "collapse top 5, mean only": {"collapse": {"heads": 5, "bits": 0}},
+    "collapse top 10, mean only": {"collapse": {"heads": 10, "bits": 0}},
+    "collapse top 10, mean only, prompt mean": {"collapse": {"heads": 10, "bits": 0, "mean": "prompt"}},
+    "collapse top 20, mean only": {"collapse": {"heads": 20, "bits": 0}},
+    "collapse top 20, mean only, prompt mean": {"collapse": {"heads": 20, "bits": 0, "mean": "prompt"}},
+    "collapse top 20, K4 residual": {"collapse": {"heads": 20, "bits": 4}},
+    "collapse top 20, K2 residual": {"collapse": {"heads": 20, "bits": 2}},
+    "K4 + V4 + k128, collapse top 20 mean only": q(k_bits=4, v_bits=4, recent_k=128) | {"collapse": {"heads": 20, "bits": 0}},
 }
 
 

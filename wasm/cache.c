@@ -208,8 +208,8 @@ int32_t kv_init(int32_t n_layers, int32_t n_kv_heads, int32_t n_q_heads, int32_t
     kv_layer *layer = kv_malloc(sizeof(kv_layer) * (size_t)n_layers);
     kv_grow *g = kv_malloc(sizeof(kv_grow) * (size_t)n_layers);
     int32_t *table = kv_malloc(4u * (size_t)(TABLE_HEAD + TABLE_LAYER * n_layers));
-    // per layer and head: live, prev, fresh K / V, nblk K / V, fmt K / V, row K / V, off K / V
-    int32_t *heads = kv_malloc(4u * 12u * (size_t)n_layers * (size_t)n_kv_heads);
+    // per layer and head: live, prev, fresh K / V, nblk K / V, fmt K / V, row K / V, off K / V, cmode
+    int32_t *heads = kv_malloc(4u * 13u * (size_t)n_layers * (size_t)n_kv_heads);
     if (!layer || !g || !table || !heads || kv_sample_reserve(vocab) != KV_OK) {
         kv_mfree(layer);
         kv_mfree(g);
@@ -219,6 +219,7 @@ int32_t kv_init(int32_t n_layers, int32_t n_kv_heads, int32_t n_q_heads, int32_t
     }
     if (kv.ready) {
         free_all();
+        for (int32_t l = 0; l < kv.n_layers; l++) kv_mfree(kv.layer[l].kmean);
         kv_mfree(kv.layer[0].live);
         kv_mfree(kv.layer);
         kv_mfree(grow);
@@ -232,15 +233,16 @@ int32_t kv_init(int32_t n_layers, int32_t n_kv_heads, int32_t n_q_heads, int32_t
     kv.layer = layer;
     grow = g;
     kv.table = table;
-    __builtin_memset(heads, 0, 4u * 12u * (size_t)n_layers * (size_t)n_kv_heads);
+    __builtin_memset(heads, 0, 4u * 13u * (size_t)n_layers * (size_t)n_kv_heads);
     for (int32_t l = 0; l < n_layers; l++) {
-        int32_t *at = heads + (size_t)12 * l * n_kv_heads;
+        int32_t *at = heads + (size_t)13 * l * n_kv_heads;
         layer[l] = (kv_layer){.fmt = {at + 6 * n_kv_heads, at + 7 * n_kv_heads}, .group = KV_GROUP_DEFAULT,
                               .row = {at + 8 * n_kv_heads, at + 9 * n_kv_heads},
                               .off = {at + 10 * n_kv_heads, at + 11 * n_kv_heads},
                               .live = at, .prev = at + n_kv_heads,
                               .fresh = {at + 2 * n_kv_heads, at + 3 * n_kv_heads},
-                              .nblk = {at + 4 * n_kv_heads, at + 5 * n_kv_heads}};
+                              .nblk = {at + 4 * n_kv_heads, at + 5 * n_kv_heads},
+                              .cmode = at + 12 * n_kv_heads};
         set_rows(&layer[l], 0); // every head F32 (0)
         set_rows(&layer[l], 1);
         g[l] = (kv_grow){0};
@@ -278,6 +280,8 @@ int32_t kv_configure(int32_t layer, int32_t k_fmt, int32_t v_fmt, int32_t group)
             changed |= set_rows(L, p);
         }
         free_aging(L);
+        for (int32_t h = 0; h < kv.n_kv_heads; h++) L->cmode[h] = 0; // and without collapsed keys
+        kv_mfree(L->kmean), L->kmean = 0;
         if (changed || !L->data[0] || !L->data[1]) drop_streams(L); // streams are reserved in pairs
     }
     kv.open_S = 0;
@@ -355,7 +359,9 @@ KV_EXPORT(kv_age) int32_t kv_age(int32_t layer, int32_t part, int32_t recent, in
     for (int32_t l = lo; l < hi; l++) {
         if (kv.layer[l].used > 0) return KV_ESTATE;
         for (int32_t h = 0; h < kv.n_kv_heads && axis; h++)
-            if (!kv_channel_ok(kv.layer[l].fmt[part][h], kv.layer[l].group, kv.head_dim)) return KV_EINVAL;
+            if (!kv_channel_ok(kv.layer[l].fmt[part][h], kv.layer[l].group, kv.head_dim) ||
+                (part == 0 && kv.layer[l].cmode[h]))
+                return KV_EINVAL;
     }
     for (int32_t l = lo; l < hi; l++) {
         kv_layer *L = &kv.layer[l];
@@ -406,12 +412,19 @@ static int64_t blocks_needed(const kv_layer *L, int32_t S) {
     return need;
 }
 
-// One entry e of head h into part p's format from x (D,), and its value as the cache now
-// holds it into the staging slot.
-static void store_entry(kv_layer *L, int p, int32_t h, int32_t e, const float *x) {
+static float resid[4096]; // (head_dim,) a collapsed key's residual
+
+// One entry e of head h (at position pos) into part p's format from x (D,), and its value
+// as the cache now holds it into the staging slot. A collapsed key stores its residual.
+static void store_entry(kv_layer *L, int p, int32_t h, int32_t e, const float *x, int32_t pos) {
     const int32_t D = kv.head_dim, f = L->fmt[p][h];
+    const int collapsed = p == 0 && L->cmode[h];
     uint8_t *row = kv_row_at(L, p, h, e);
     float *slot = L->stage[p] + ((size_t)h * L->pcap + e) * D;
+    if (collapsed) {
+        kv_collapse_residual(L, h, x, pos, resid);
+        x = resid;
+    }
     if (L->rot[p]) { // rotate into the slot, store that, stage it rotated back
         kv_rotate_row(x, D, slot);
         x = slot;
@@ -419,6 +432,12 @@ static void store_entry(kv_layer *L, int p, int32_t h, int32_t e, const float *x
     kv_quantize_row(f, L->group, x, D, row);
     kv_dequantize_row(f, L->group, row, D, slot);
     if (L->rot[p]) kv_unrotate_row(slot, D);
+    if (collapsed) kv_collapse_stage(L, h, slot, pos);
+}
+
+// Position of entry e of head h during a commit that appends after its n live entries.
+static int32_t commit_pos(const kv_layer *L, int32_t h, int32_t e, int32_t n) {
+    return e < n ? kv_entry_pos(L, h, e) : kv.appended + (e - n);
 }
 
 static float block_in[KV_GROUP_MAX * KV_CHANNEL_DMAX]; // (G, D) one block's values
@@ -455,7 +474,8 @@ static void append_aging(kv_layer *L, int p, int32_t h, int32_t n, const float *
     if (L->axis[p])
         for (int32_t i = 0; i < aged; i += L->group) store_block(L, p, h, e0 + i, f, x, i);
     else
-        for (int32_t i = 0; i < aged; i++) store_entry(L, p, h, e0 + i, waiting(L, p, h, f, x, i));
+        for (int32_t i = 0; i < aged; i++)
+            store_entry(L, p, h, e0 + i, waiting(L, p, h, f, x, i), commit_pos(L, h, e0 + i, n));
     float *res = L->res[p] + (size_t)h * L->rcap[p] * D;
     if (aged && aged < f) __builtin_memmove(res, res + (size_t)aged * D, 4ull * (f - aged) * D);
     for (int32_t i = aged > f ? aged : f; i < c; i++) {
@@ -631,9 +651,10 @@ KV_EXPORT(kv_step_commit) int32_t kv_step_commit(int32_t S) {
             const int32_t n = L->live[h];
             for (int p = 0; p < 2; p++) {
                 const float *x = src[p] + (size_t)h * S * D; // (S, D)
+                if (p == 0 && L->cmode[h] == 2 && n == 0) kv_collapse_take_mean(L, h, x, S, kv.appended);
                 if (L->rcap[p]) append_aging(L, p, h, n, x, S);
                 else
-                    for (int32_t s = 0; s < S; s++) store_entry(L, p, h, n + s, x + (size_t)s * D);
+                    for (int32_t s = 0; s < S; s++) store_entry(L, p, h, n + s, x + (size_t)s * D, kv.appended + s);
             }
             for (int32_t s = 0; s < S; s++) {
                 L->mask[(size_t)h * L->pcap + n + s] = 0.0f;
@@ -770,7 +791,8 @@ KV_EXPORT(kv_hide) int32_t kv_hide(int32_t layer, int32_t lo, int32_t hi, int32_
 // blocks' params), 1 = V likewise, 2 = the index: 4 bytes per live entry for its original
 // position once the layer has evicted, plus 4 per live entry for its score while scores
 // accumulate across steps (H2O), plus 4 per per-channel block for its live count once the
-// layer has evicted (before, every block holds G). Capacity slack is not counted (see
+// layer has evicted (before, every block holds G); a collapsed head's K adds its mean key
+// (4 head_dim bytes) while the head holds entries. Capacity slack is not counted (see
 // kv_heap_bytes).
 KV_EXPORT(kv_bytes) int32_t kv_bytes(int32_t layer, int32_t part) {
     if (!kv.ready) return KV_ESTATE;
@@ -783,7 +805,8 @@ KV_EXPORT(kv_bytes) int32_t kv_bytes(int32_t layer, int32_t part) {
             uint64_t live = (uint64_t)L->live[h];
             if (part < 2)
                 total += (uint64_t)kv_aged(L, part, h) * L->row[part][h] + 4ull * kv.head_dim * L->fresh[part][h] +
-                         (L->axis[part] ? KV_CHANNEL_PARAM_BYTES(kv.head_dim) * L->nblk[part][h] : 0);
+                         (L->axis[part] ? KV_CHANNEL_PARAM_BYTES(kv.head_dim) * L->nblk[part][h] : 0) +
+                         (part == 0 && L->cmode[h] && live ? 4ull * kv.head_dim : 0);
             else
                 total += live * (4u * (L->pos != 0) + 4u * (L->score != 0 && L->score_held)) +
                          (L->pos ? 4ull * ((uint64_t)L->nblk[0][h] + L->nblk[1][h]) : 0);
@@ -865,7 +888,8 @@ KV_EXPORT(kv_layer_ptr) int32_t kv_layer_ptr(int32_t layer, int32_t which) {
 // Copy what one head holds for part 0 (K) or 1 (V) to dst: the rows of the entries in the
 // format (row bytes each, entry order), then on a per-channel part the blocks' params (4
 // head_dim bytes each, block order), then the entries waiting in the aging window (fp32,
-// oldest first). Returns the bytes written (= this head's share of kv_bytes).
+// oldest first), then a collapsed key's mean (fp32). Returns the bytes written (= this
+// head's share of kv_bytes).
 KV_EXPORT(kv_rows) int32_t kv_rows(int32_t layer, int32_t head, int32_t part, int32_t dst) {
     if (!kv.ready) return KV_ESTATE;
     if (layer < 0 || layer >= kv.n_layers || head < 0 || head >= kv.n_kv_heads || part < 0 || part > 1)
@@ -881,7 +905,12 @@ KV_EXPORT(kv_rows) int32_t kv_rows(int32_t layer, int32_t head, int32_t part, in
     }
     size_t w = 4ull * kv.head_dim * L->fresh[part][head];
     if (w) __builtin_memmove(out + n, L->res[part] + (size_t)head * L->rcap[part] * kv.head_dim, w);
-    return (int32_t)(n + w);
+    n += w;
+    if (part == 0 && L->cmode[head] && L->live[head]) {
+        __builtin_memmove(out + n, L->kmean + (size_t)head * kv.head_dim, 4ull * kv.head_dim);
+        n += 4ull * kv.head_dim;
+    }
+    return (int32_t)n;
 }
 
 // The ABI version (KV_VERSION).

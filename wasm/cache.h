@@ -62,6 +62,11 @@ typedef struct {
     int32_t *bcnt[2];  // axis 1: (kv_heads, bcap) each block's live entries (in entry order)
     int32_t *nblk[2];  // axis 1: (kv_heads,) blocks held
     int32_t bcap;      // block capacity per head
+    // collapsed keys (kv_collapse, collapse.c): a head with cmode[h] != 0 stores each key as
+    // its residual from one mean pre-RoPE key, in the head's K format
+    int32_t *cmode;    // (kv_heads,) 0: not collapsed, 1: mean given, 2: mean of the first step
+    float *kmean;      // (kv_heads, head_dim) the means, then (head_dim / 2) RoPE inverse
+                       // frequencies; 0 while no head is collapsed
 } kv_layer;
 
 typedef struct {
@@ -96,6 +101,11 @@ static inline uint8_t *kv_row_at(const kv_layer *L, int p, int32_t h, int32_t e)
 
 // Entries of head h held in the format of part p (the rest wait in res).
 static inline int32_t kv_aged(const kv_layer *L, int p, int32_t h) { return L->live[h] - L->fresh[p][h]; }
+
+// collapse.c: collapsed keys' residuals (x, r, slot: (head_dim,))
+void kv_collapse_take_mean(kv_layer *L, int32_t h, const float *x, int32_t S, int32_t pos0);
+void kv_collapse_residual(const kv_layer *L, int32_t h, const float *x, int32_t pos, float *r);
+void kv_collapse_stage(const kv_layer *L, int32_t h, float *slot, int32_t pos);
 
 // cache.c: shrink a layer's staging and streams to fit its live entries (plus one slot of
 // room for the next decode step); never fails (a shrink that cannot return memory keeps it).

@@ -218,7 +218,7 @@ static void copy_bytes(uint8_t *restrict dst, const uint8_t *restrict src, size_
 int32_t kv_valid_format(int32_t fmt, int32_t group, int32_t n) {
     if (fmt < 0 || fmt >= KV_N_FORMATS || n < 0) return 0;
     if (group != 16 && group != 32 && group != 64) return 0;
-    if (fmt >= KV_Q8 && n % group) return 0; // every format after F16 is group-wise
+    if (fmt >= KV_Q8 && fmt != KV_NONE && n % group) return 0; // the formats from Q8 on are group-wise
     return 1;
 }
 
@@ -231,6 +231,7 @@ size_t kv_row_bytes(int32_t fmt, int32_t group, int32_t n) {
     case KV_Q3: case KV_Q2: case KV_Q4_0: return (size_t)(n / group) * kv_lowbit_block_bytes(fmt, group);
     case KV_TURBO2: case KV_TURBO3: case KV_TURBO4:
         return (size_t)(n / group) * TURBO_BLOCK_BYTES(group, fmt - KV_TURBO2 + 2);
+    case KV_NONE: return 0;
     }
     return 0;
 }
@@ -250,6 +251,7 @@ void kv_quantize_row(int32_t fmt, int32_t group, const float *x, int32_t n, uint
                               Q4_QUANT(x + g * g_, g_, dst + g * Q4_BLOCK_BYTES(g_)));
         break;
     case KV_Q3: case KV_Q2: case KV_Q4_0: kv_lowbit_quantize_row(fmt, group, x, n, dst); break;
+    case KV_NONE: break; // nothing is stored
     default: kv_turbo_quantize_row(fmt, group, x, n, dst); break;
     }
 }
@@ -269,6 +271,7 @@ void kv_dequantize_row(int32_t fmt, int32_t group, const uint8_t *src, int32_t n
                               Q4_DEQUANT(src + g * Q4_BLOCK_BYTES(g_), g_, y + g * g_));
         break;
     case KV_Q3: case KV_Q2: case KV_Q4_0: kv_lowbit_dequantize_row(fmt, group, src, n, y); break;
+    case KV_NONE: __builtin_memset(y, 0, 4u * (size_t)n); break;
     default: kv_turbo_dequantize_row(fmt, group, src, n, y); break;
     }
 }

@@ -22,7 +22,7 @@
 #define KV_EXPORT(name) __attribute__((export_name(#name), visibility("default")))
 
 // ABI version: bump when an export, the step table or a byte layout changes.
-#define KV_VERSION 6
+#define KV_VERSION 7
 
 // ---------------------------------------------------------------------------------------
 // Error codes (mirrored in site/kvlab/formats.py: ERRORS)
@@ -51,7 +51,8 @@ typedef enum {
     KV_TURBO2 = 7, // per group: fp16 norm + G/4 bytes: rotated, Lloyd-Max codebook (turbo.c)
     KV_TURBO3 = 8, // per group: fp16 norm + 3G/8 bytes
     KV_TURBO4 = 9, // per group: fp16 norm + G/2 bytes
-    KV_N_FORMATS = 10,
+    KV_NONE = 10,  // nothing: 0 bytes, staged as zeros (a collapsed key's mean alone, kv_collapse)
+    KV_N_FORMATS = 11,
 } kv_format;
 
 #define KV_GROUP_MIN 16
@@ -204,6 +205,11 @@ int32_t kv_channel_ok(int32_t fmt, int32_t group, int32_t D);     // 1 if usable
 size_t kv_channel_row_bytes(int32_t bits, int32_t D);             // one entry's codes
 void kv_channel_quantize(int32_t bits, int32_t G, const float *x, int32_t D, uint8_t *params, uint8_t *codes);
 void kv_channel_dequantize(int32_t bits, int32_t n, const uint8_t *params, const uint8_t *codes, int32_t D, float *y);
+
+// collapse.c: rotate-half RoPE with the graph's angles (inv: (dim/2,) from kv_rope_table;
+// inverse != 0 turns back; y may be x)
+void kv_rope_table(float theta, int32_t dim, float *inv);
+void kv_rope_turn(const float *x, int32_t dim, const float *inv, int32_t pos, int32_t inverse, float *y);
 
 // sample.c: scratch for n sampling candidates (kept; grows only)
 int32_t kv_sample_reserve(int32_t n);

@@ -25,34 +25,17 @@
 
 // Undo rotate-half RoPE on n rows of `dim` f32 (src and dst: (n, dim); they may be the same
 // buffer). Row t was rotated at position pos0 + t, with the angles computed exactly as the
-// graph computes them (builder/onnx_graph.py): inv_freq[j] = f32(1 / theta^(2j/dim)) and
-// angle = f32(f32(pos) * inv_freq[j]), both rounded to f32. The forward rotation is
-//   y1 = x1 cos a - x2 sin a,  y2 = x2 cos a + x1 sin a    (x1 = x[j], x2 = x[j + dim/2]),
-// so the inverse is x1 = y1 cos a + y2 sin a, x2 = y2 cos a - y1 sin a, in f64 from the f32
-// angle: what is left is the f32 rounding of the graph's own rotation (~1e-7 relative).
-// Returns KV_OK, or KV_EINVAL (odd or absurd dim, n < 0, pos0 < 0, theta <= 1).
+// graph computes them (kv_rope_table, kv_rope_turn in collapse.c: the store's one RoPE),
+// the inverse in f64 from the f32 angle: what is left is the f32 rounding of the graph's
+// own rotation (~1e-7 relative). Returns KV_OK, or KV_EINVAL (odd or absurd dim, n < 0,
+// pos0 < 0, theta <= 1).
 KV_EXPORT(kv_rope_unrotate)
 int32_t kv_rope_unrotate(int32_t src_ptr, int32_t n, int32_t dim, int32_t pos0, float theta, int32_t dst_ptr) {
     if (n < 0 || dim < 2 || dim > 4096 || (dim & 1) || pos0 < 0 || !(theta > 1.0f)) return KV_EINVAL;
-    const float *src = F32P(src_ptr); // (n, dim)
-    float *dst = F32P(dst_ptr);       // (n, dim)
-    const int32_t half = dim / 2;
-    const double ln_theta = log_f64((double)theta);
-    for (int32_t t = 0; t < n; t++) {
-        const float pos = (float)(pos0 + t);
-        const float *y = src + (size_t)t * dim;
-        float *x = dst + (size_t)t * dim;
-        for (int32_t j = 0; j < half; j++) {
-            // 1 / theta^(2j/dim) in f64, then f32: the graph's table (numpy, then astype f32)
-            const float inv = (float)exp_f64(-ln_theta * (double)(2 * j) / (double)dim);
-            const float a = pos * inv; // the f32 product, as onnxruntime's Mul computes it
-            double s, c;
-            sincos_f64((double)a, &s, &c);
-            const double y1 = y[j], y2 = y[j + half];
-            x[j] = (float)(y1 * c + y2 * s);
-            x[j + half] = (float)(y2 * c - y1 * s);
-        }
-    }
+    static float inv[2048];
+    kv_rope_table(theta, dim, inv);
+    for (int32_t t = 0; t < n; t++)
+        kv_rope_turn(F32P(src_ptr) + (size_t)t * dim, dim, inv, pos0 + t, 1, F32P(dst_ptr) + (size_t)t * dim);
     return KV_OK;
 }
 

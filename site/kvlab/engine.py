@@ -276,6 +276,8 @@ class Engine:
             "kept": [list(r[3:]) for r in rows],
             # bits per value of each KV head's keys and values (entropy_bits gives heads their own)
             "head_bits": [[[formats.BITS[k], formats.BITS[v]] for k, v in layer] for layer in store.formats()],
+            # 1 where a KV head's keys are collapsed (a mean key + a residual at head_bits' K width)
+            "head_collapsed": store.collapsed_map(),
             "working_bytes": store.working_bytes(),
         }
 

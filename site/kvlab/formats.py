@@ -20,6 +20,7 @@ head_dim (see the README (section "The KV store") for the table)::
     turboB head_dim/G blocks of [fp16 r][G*B/8 x u8]           2 + G*B/8 bytes, B = 2, 3, 4
          (random-sign Walsh-Hadamard rotation, Lloyd-Max codebook codes packed as q2, q3,
          q4_0; r the corrected norm)
+    none nothing (0 bytes; staged as zeros): with kv_collapse, a key is its head's mean
 """
 
 from __future__ import annotations
@@ -38,13 +39,13 @@ Q4_0 = 6
 TURBO2 = 7
 TURBO3 = 8
 TURBO4 = 9
-# the next numbers: per-channel key formats
+NONE = 10  # nothing stored (0 bytes, staged as zeros): a collapsed key's mean alone
 
 NAMES = {F32: "f32", F16: "f16", Q8: "q8", Q4: "q4", Q3: "q3", Q2: "q2", Q4_0: "q4_0",
-         TURBO2: "turbo2", TURBO3: "turbo3", TURBO4: "turbo4"}
+         TURBO2: "turbo2", TURBO3: "turbo3", TURBO4: "turbo4", NONE: "none"}
 BY_NAME = {v: k for k, v in NAMES.items()}
 BITS = {F32: 32, F16: 16, Q8: 8, Q4: 4, Q3: 3, Q2: 2, Q4_0: 4,  # payload bits per value (scales not included)
-        TURBO2: 2, TURBO3: 3, TURBO4: 4}
+        TURBO2: 2, TURBO3: 3, TURBO4: 4, NONE: 0}
 TURBO_SIGNS = 0xD567E2FD4BD0ADCB  # bit j set: coordinate j's sign flips before the rotation
 # k_bits / v_bits name the asymmetric group-wise format of that width; q4_0 is asked by name
 BY_BITS = {32: F32, 16: F16, 8: Q8, 4: Q4, 3: Q3, 2: Q2}
@@ -100,6 +101,8 @@ def row_bytes(f: int, group: int, n: int) -> int:
         return 4 * n
     if f == F16:
         return 2 * n
+    if f == NONE:
+        return 0
     if n % group:
         raise ValueError(f"{n} values do not split into groups of {group}")
     return n // group * group_bytes(f, group)

@@ -294,13 +294,20 @@ class _Profiler:
     def _collapse(self) -> dict:
         K, D, m, n_txt = self.K, self.D, self.m, len(self.texts)
         blk = 8 * (D + 2) * n_txt
-        out = {k: [[0.0] * K for _ in range(self.L)] for k in ("key", "key_cos", "value", "value_cos")}
+        out = {k: [[0.0] * K for _ in range(self.L)] for k in ("key", "key_cos", "value", "value_cos", "key_mean")}
         for li in range(self.L):
             for h in range(K):
                 for kind, name in ((0, "key"), (1, "value")):
                     _call(m, "kv_moment_scores", self.mom + blk * ((li * K + h) * 2 + kind), n_txt, D, self.out)
                     share, cos = _f32(m, self.out, 2)
                     out[name][li][h], out[name + "_cos"][li][h] = share, cos
+                # mu itself: the channel sums over every text / their token count (per text
+                # the moments are (D sums, energy, count) in f64), what `collapse` stores keys
+                # against when its mean comes from the profile
+                mom = struct.unpack(f"<{n_txt * (D + 2)}d", m.read(self.mom + blk * ((li * K + h) * 2), blk))
+                rows = [mom[t * (D + 2):(t + 1) * (D + 2)] for t in range(n_txt)]
+                count = sum(r[D + 1] for r in rows)
+                out["key_mean"][li][h] = [sum(r[j] for r in rows) / count for j in range(D)]
         return out
 
     # ---- pass 2: layer sensitivity and K vs V
@@ -464,6 +471,10 @@ class _Profiler:
             "retrieval_digits_copied": {"right": copied[0], "of": copied[1]},
             "quant_asymmetry_kl": _round(asym) | {"bits": s.quant_bits, "group": 32},
             "metrics": metrics,
+            "key_means": {"per": "kv_head", "unit": "pre-RoPE key (head_dim values)",
+                          "doc": "the mean pre-RoPE key of each KV head over every token of every text (the mu of "
+                                 "key_collapse)", "values": [[[float(f"{v:.7g}") for v in mu] for mu in layer]
+                                                             for layer in collapse["key_mean"]]},
             "candidates": _candidates(metrics, L, H, K),
             "seconds": round(seconds, 2),
             "host": self.e.host.name,

@@ -170,6 +170,47 @@ class KVStore:
         ``configure`` (which clears it), while the layer holds no tokens."""
         self._call("kv_age", layer, part, recent, axis)
 
+    def collapse(self, layer: int, head: int, theta: float, mean=None, off: bool = False) -> None:
+        """Collapse one KV head's keys (seed 000): each is stored as its residual from one
+        mean pre-RoPE key, in the head's K format (``none``: the mean alone), and staged as
+        RoPE(mean + residual) at its position with base ``theta``. ``mean``: head_dim floats
+        (e.g. the profile's), or None for the mean of the keys of the first run that fills
+        the head (the prompt's). ``off`` uncollapses it. After ``configure`` /
+        ``configure_head`` (``configure`` clears it), while the layer holds no tokens."""
+        if off:
+            self._call("kv_collapse", layer, head, float(theta), -1)
+            return
+        if mean is None:
+            self._call("kv_collapse", layer, head, float(theta), 0)
+            return
+        mean = [float(x) for x in mean]
+        if len(mean) != self.head_dim:
+            raise ValueError(f"a mean key has head_dim = {self.head_dim} values, got {len(mean)}")
+        ptr = self.alloc(4 * self.head_dim)
+        try:
+            self.module.write(ptr, struct.pack(f"<{self.head_dim}f", *mean))
+            self._call("kv_collapse", layer, head, float(theta), ptr)
+        finally:
+            self.free(ptr)
+
+    def collapsed(self, layer: int, head: int) -> int:
+        """0: the head's keys are stored as they are; 1: collapsed on a given mean; 2: on
+        the mean of its first run's keys."""
+        return self._call("kv_collapsed", layer, head)
+
+    def collapsed_map(self) -> list[list[int]]:
+        """Per layer, per KV head: 1 if its keys are collapsed, else 0."""
+        return [[int(self.collapsed(layer, h) != 0) for h in range(self.n_kv_heads)] for layer in range(self.n_layers)]
+
+    def collapse_mean(self, layer: int, head: int) -> list[float]:
+        """A collapsed head's mean pre-RoPE key (head_dim floats)."""
+        ptr = self.alloc(4 * self.head_dim)
+        try:
+            self._call("kv_collapse_mean", layer, head, ptr)
+            return list(struct.unpack(f"<{self.head_dim}f", self.module.read(ptr, 4 * self.head_dim)))
+        finally:
+            self.free(ptr)
+
     def reset(self) -> None:
         """Drop all tokens; their memory goes back to the store's allocator (formats stay)."""
         self._call("kv_reset")
@@ -316,7 +357,7 @@ class KVStore:
     def rows(self, layer: int, head: int, part: int) -> bytes:
         """What one head holds for part 0 (K) or 1 (V): the rows of the entries in the
         format (entry order), a per-channel part's block params, then the entries waiting
-        exact in an aging window (fp32, oldest first)."""
+        exact in an aging window (fp32, oldest first), then a collapsed key's mean (fp32)."""
         n = self.live(layer, head)
         ptr = self.alloc(8 * self.head_dim * (n + 1))
         try:

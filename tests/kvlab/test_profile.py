@@ -95,6 +95,8 @@ def test_reading_statistics_equal_onnxruntime_run_directly(small, host, engine, 
             keys = ref.rope_unrotate(past[i][0][0, h], 0, c["rope_theta"])
             want = ref.moment_scores(ref.moments(keys)[None])[0]
             assert m["key_collapse"]["values"][i][h] == pytest.approx(want, abs=2e-4), (i, h)
+            np.testing.assert_allclose(small["key_means"]["values"][i][h], keys.astype(np.float64).mean(0),
+                                       rtol=1e-5, atol=1e-5 * np.abs(keys).max())  # the mu collapse stores against
             want_v = ref.moment_scores(ref.moments(past[i][1][0, h])[None])[0]
             assert m["value_collapse"]["values"][i][h] == pytest.approx(want_v, abs=2e-4), (i, h)
 

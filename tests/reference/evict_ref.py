@@ -403,8 +403,10 @@ class CacheModel:
                         self._append_aging(L, h, p, x, L.fmt[p][i])
                         continue
                     raw = kref.quantize(L.fmt[p][i], L.group, x)  # every row at once
-                    h.rows[p] = np.concatenate([h.rows[p], np.frombuffer(raw, np.uint8).reshape(S, -1)])
-                    h.stage[p] = np.concatenate([h.stage[p], kref.dequantize(L.fmt[p][i], L.group, raw).reshape(S, -1)])
+                    row = kref.row_bytes(L.fmt[p][i], L.group, self.D)
+                    h.rows[p] = np.concatenate([h.rows[p], np.frombuffer(raw, np.uint8).reshape(S, row)])
+                    h.stage[p] = np.concatenate([h.stage[p], kref.dequantize(L.fmt[p][i], L.group, raw,
+                                                                             S * self.D).reshape(S, -1)])
                 if L.scored:
                     h.score = np.concatenate([h.score, np.zeros(S, F32)])
             L.step_P, L.step_ok = L.pcap, True
@@ -433,7 +435,7 @@ class CacheModel:
             raw = kref.quantize(fmt, L.group, go) if aged else b""
             rows = np.frombuffer(raw, np.uint8).reshape(aged, h.rows[p].shape[1])
             if aged:
-                stage[a0 : a0 + aged] = kref.dequantize(fmt, L.group, raw).reshape(aged, D)
+                stage[a0 : a0 + aged] = kref.dequantize(fmt, L.group, raw, aged * D).reshape(aged, D)
         h.rows[p] = np.concatenate([h.rows[p], rows])
         h.res[p] = waiting[aged:].copy()
         h.stage[p] = stage

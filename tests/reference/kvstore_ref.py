@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-F32, F16, Q8, Q4, Q3, Q2, Q4_0, TURBO2, TURBO3, TURBO4 = range(10)
+F32, F16, Q8, Q4, Q3, Q2, Q4_0, TURBO2, TURBO3, TURBO4, NONE = range(11)
 F16_MAX = np.float32(65504.0)
 MASK_EMPTY = np.float32(-1e9)
 
@@ -343,12 +343,14 @@ def unrotate(y: np.ndarray) -> np.ndarray:
 def row_bytes(fmt: int, G: int, n: int) -> int:
     per_group = {Q8: 2 + G, Q4: 4 + G // 2, Q3: 4 + G // 4 + G // 8, Q2: 4 + G // 4, Q4_0: 2 + G // 2,
                  TURBO2: 2 + G // 4, TURBO3: 2 + 3 * G // 8, TURBO4: 2 + G // 2}
-    return {F32: 4 * n, F16: 2 * n}[fmt] if fmt in (F32, F16) else n // G * per_group[fmt]
+    return {F32: 4 * n, F16: 2 * n, NONE: 0}[fmt] if fmt in (F32, F16, NONE) else n // G * per_group[fmt]
 
 
 def quantize(fmt: int, G: int, x: np.ndarray) -> bytes:
     """(n,) f32 -> the format's bytes."""
     x = np.asarray(x, np.float32).reshape(-1)
+    if fmt == NONE:
+        return b""
     if fmt == F32:
         return x.tobytes()
     if fmt == F16:
@@ -360,8 +362,10 @@ def quantize(fmt: int, G: int, x: np.ndarray) -> bytes:
     return {Q8: quantize_q8, Q4: quantize_q4, Q4_0: quantize_q4_0}[fmt](x, G)
 
 
-def dequantize(fmt: int, G: int, data: bytes) -> np.ndarray:
-    """The format's bytes -> (n,) f32."""
+def dequantize(fmt: int, G: int, data: bytes, n: int | None = None) -> np.ndarray:
+    """The format's bytes -> (n,) f32 (n is needed only for NONE, which holds no bytes)."""
+    if fmt == NONE:
+        return np.zeros(n, np.float32)
     if fmt == F32:
         return np.frombuffer(data, np.float32).copy()
     if fmt == F16:
@@ -380,7 +384,7 @@ def roundtrip(fmt: int, G: int, x: np.ndarray, rotated: bool = False) -> np.ndar
     if rotated:
         return unrotate(roundtrip(fmt, G, rotate(x)))
     rows = x.reshape(-1, x.shape[-1])
-    out = [dequantize(fmt, G, quantize(fmt, G, r)) for r in rows]
+    out = [dequantize(fmt, G, quantize(fmt, G, r), r.size) for r in rows]
     return (np.stack(out) if out else rows.copy()).reshape(x.shape)
 
 

@@ -46,7 +46,7 @@ STATE_FIELDS = "ready n_layers n_kv_heads n_q_heads head_dim vocab layer table i
 LAYER_FIELDS = (
     "fmt0 fmt1 group row0 row1 off0 off1 rows0 rows1 rot0 rot1 data0 data1 ccap live used pos score score_held "
     "stage0 stage1 mask pcap prev step_P step_ok "
-    "recent0 recent1 axis0 axis1 rcap0 rcap1 fresh0 fresh1 res0 res1 bpar0 bpar1 bcnt0 bcnt1 nblk0 nblk1 bcap"
+    "recent0 recent1 axis0 axis1 rcap0 rcap1 fresh0 fresh1 res0 res1 bpar0 bpar1 bcnt0 bcnt1 nblk0 nblk1 bcap cmode kmean"
 ).split()
 
 

@@ -19,7 +19,7 @@ from kvlab import formats
 from kvlab.host.wasmtime_module import WasmtimeModule
 from tests.reference import kvstore_ref as ref
 
-FORMATS = list(formats.NAMES)  # every format
+FORMATS = [f for f in formats.NAMES if f != formats.NONE]  # every format that holds values (none: below)
 SCRATCH = 1 << 22  # bytes per buffer (1M floats)
 
 
@@ -303,3 +303,15 @@ def test_format_bytes_formula(kernels, fmt, G):
     simd, _ = kernels
     for n in (64, 128, 640):
         assert simd.m.call("kv_format_bytes", fmt, G, n) == formats.row_bytes(fmt, G, n) == ref.row_bytes(fmt, G, n)
+
+
+def test_none_holds_nothing_and_stages_zeros(kernels):
+    """`none` (a collapsed key's mean alone): 0 bytes for any n and any group, zeros back."""
+    x = np.random.default_rng(3).normal(size=640).astype(np.float32)
+    for k in kernels:
+        for G in formats.GROUP_SIZES:
+            for n in (7, 64, 640):
+                assert k.m.call("kv_format_bytes", formats.NONE, G, n) == formats.row_bytes(formats.NONE, G, n) == 0
+        assert k.quantize(formats.NONE, 32, x) == ref.quantize(formats.NONE, 32, x) == b""
+        assert not k.dequantize(formats.NONE, 32, b"", 640).any()
+        assert not ref.dequantize(formats.NONE, 32, b"", 640).any()

@@ -9,6 +9,7 @@ in ``REGISTRY``, a README line.
 from __future__ import annotations
 
 from .base import Param, PolicyError, Technique
+from .collapse import Collapse
 from .compresskv import CompressKV
 from .duo import Duo
 from .entropy_bits import EntropyBits
@@ -22,7 +23,7 @@ from .tova import TOVA
 
 #: technique name (the key in a policy JSON object) → technique
 REGISTRY: dict[str, Technique] = {
-    t.name: t for t in (Quant(), EntropyBits(), Streaming(), H2O(), SnapKV(), PyramidKV(), CompressKV(), TOVA(), KNorm(), Duo())
+    t.name: t for t in (Quant(), EntropyBits(), Collapse(), Streaming(), H2O(), SnapKV(), PyramidKV(), CompressKV(), TOVA(), KNorm(), Duo())
 }
 
 __all__ = ["Param", "PolicyError", "REGISTRY", "Technique"]

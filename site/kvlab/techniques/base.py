@@ -22,7 +22,7 @@ class Param:
     """One parameter of a technique, described well enough to validate it and draw a control."""
 
     name: str
-    kind: str  # "int" | "float" | "bool" | "str"
+    kind: str  # "int" | "float" | "bool" | "str" | "heads" (a list of [layer, kv_head] pairs)
     default: Any  # None: optional, no value unless given
     help: str
     choices: tuple = ()  # allowed values, when the set is small and discrete
@@ -37,6 +37,8 @@ class Param:
             if not isinstance(value, str) or value not in self.choices:
                 raise PolicyError(f"{where} must be one of {', '.join(map(repr, self.choices))}; got {value!r}")
             return value
+        if self.kind == "heads":
+            return check_heads(where, value)
         if self.kind == "bool":
             if not isinstance(value, bool):
                 raise PolicyError(f"{where} must be true or false, got {value!r}")
@@ -63,6 +65,20 @@ class Param:
             "name": self.name, "kind": self.kind, "default": self.default, "help": self.help,
             "choices": list(self.choices), "lo": self.lo, "hi": self.hi,
         }
+
+
+def check_heads(where: str, value: Any) -> list[list[int]]:
+    """A non-empty list of distinct [layer, kv_head] pairs of whole numbers ≥ 0 (the model's
+    bounds are the technique's check_context)."""
+    def pair(x) -> bool:
+        return (isinstance(x, (list, tuple)) and len(x) == 2
+                and all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in x))
+    if not isinstance(value, (list, tuple)) or not value or not all(pair(x) for x in value):
+        raise PolicyError(f"{where} must be a list of [layer, kv_head] pairs, e.g. [[11, 0], [2, 0]]; got {value!r}")
+    heads = [[int(a), int(b)] for a, b in value]
+    if len({tuple(h) for h in heads}) != len(heads):
+        raise PolicyError(f"{where} names a head twice: {value!r}")
+    return heads
 
 
 @dataclass
