@@ -4,10 +4,13 @@
 
 Prints two tables:
   1. GB/s of fp32 data quantized (input) / dequantized (output) per format, for the SIMD
-     and scalar builds, next to kv_memcpy (memory.copy) in the same runtime;
+     and scalar builds, next to kv_memcpy (memory.copy) in the same runtime; then KIVI's
+     per-channel blocks (one call per block of G x 256 values: a few percent of call
+     overhead included);
   2. the cost of one decode step (kv_step_begin(1) + kv_step_commit(1), through the
      Python KVStore, i.e. what the engine pays) with 128 / 512 / 2048 tokens cached, for
-     SmolLM2-135M's shape (30 layers, 3 KV heads, head_dim 64).
+     SmolLM2-135M's shape (30 layers, 3 KV heads, head_dim 64): per format, and for the
+     store's mechanisms on top of q4 (an aging window, per-channel keys, collapsed keys).
 """
 
 from __future__ import annotations
@@ -67,6 +70,8 @@ def kernel_table(d: Path) -> None:
     print(f"  {'format':<8}{'G':>4}  {'quantize GB/s':>22}  {'dequantize GB/s':>22}")
     print(f"  {'':<8}{'':>4}  {'simd':>10} {'scalar':>10} {'x':>2}  {'simd':>10} {'scalar':>10} {'x':>2}")
     for fmt in formats.NAMES:
+        if fmt == formats.NONE:  # holds nothing: no throughput to speak of
+            continue
         for G in (32,) if fmt in (formats.F32, formats.F16) else formats.GROUP_SIZES:
             q, dq = {}, {}
             for name, (m, src, dst, out) in mods.items():
@@ -78,6 +83,29 @@ def kernel_table(d: Path) -> None:
                 f"{q[SIMD_NAME]:10.2f} {q[SCALAR_NAME]:10.2f} {q[SIMD_NAME] / q[SCALAR_NAME]:4.1f}x"
                 f"  {dq[SIMD_NAME]:10.2f} {dq[SCALAR_NAME]:10.2f} {dq[SIMD_NAME] / dq[SCALAR_NAME]:4.1f}x"
             )
+    D = formats.CHANNEL_DMAX
+    print(f"\n  per-channel blocks (KIVI keys), head_dim {D}, {N:,} values in blocks of G entries")
+    for fmt in formats.CHANNEL_BITS:
+        for G in formats.GROUP_SIZES:
+            blocks = N // (G * D)
+            q, dq = {}, {}
+            for name, (m, src, dst, out) in mods.items():
+                def quant(m=m, src=src, dst=dst, G=G, blocks=blocks):
+                    step = 4 * D + G * formats.channel_row_bytes(fmt, D)
+                    for b in range(blocks):
+                        m.call("kv_quantize_channel", fmt, G, src + 4 * b * G * D, D, dst + b * step)
+
+                def dequant(m=m, dst=dst, out=out, G=G, blocks=blocks):
+                    step = 4 * D + G * formats.channel_row_bytes(fmt, D)
+                    for b in range(blocks):
+                        m.call("kv_dequantize_channel", fmt, G, dst + b * step, D, out + 4 * b * G * D)
+                q[name] = gb / best_time(quant)
+                dq[name] = gb / best_time(dequant)
+            print(
+                f"  {formats.NAMES[fmt] + '/ch':<8}{G:>4}  "
+                f"{q[SIMD_NAME]:10.2f} {q[SCALAR_NAME]:10.2f} {q[SIMD_NAME] / q[SCALAR_NAME]:4.1f}x"
+                f"  {dq[SIMD_NAME]:10.2f} {dq[SCALAR_NAME]:10.2f} {dq[SIMD_NAME] / dq[SCALAR_NAME]:4.1f}x"
+            )
     print()
 
 
@@ -86,13 +114,32 @@ def kernel_table(d: Path) -> None:
 # ---------------------------------------------------------------------------------------
 
 
-def filled_store(path: Path, kv: tuple[str, str], tokens: int, rng) -> tuple[KVStore, WasmtimeModule]:
+def k128(s: KVStore) -> None:
+    s.age(-1, 0, 128, 0)
+
+
+def kivi(s: KVStore) -> None:
+    s.age(-1, 0, 0, 1)
+
+
+def collapsed(s: KVStore) -> None:  # every KV head: the worst case, a RoPE turn per key each way
+    for layer in range(s.n_layers):
+        for h in range(s.n_kv_heads):
+            s.collapse(layer, h, 100000.0, None)
+
+
+MECHANISMS = {"q4/q4 +k128": k128, "q4/q4 KIVI": kivi, "q4/q4 collapsed": collapsed}
+
+
+def filled_store(path: Path, kv: tuple[str, str], tokens: int, rng, setup=None) -> tuple[KVStore, WasmtimeModule]:
     """A SmolLM2-shaped store holding `tokens` random tokens (realistic values: quantizing
     zeros would flatter q4/q8)."""
     m = WasmtimeModule(path)
     s = KVStore(m)
     s.init(n_layers=30, n_kv_heads=3, n_q_heads=9, head_dim=64, vocab=49152)
     s.configure(-1, *kv, 32)
+    if setup:
+        setup(s)
     t = s.step_begin(tokens)
     for L in t.layers:
         m.write(L.new_k, (rng.standard_normal(3 * tokens * 64) * 2).astype(np.float32).tobytes())
@@ -106,14 +153,17 @@ def step_table(d: Path) -> None:
     rounds = 3 if QUICK else 5
     print("one decode step: step_begin(1) + step_commit(1) through KVStore (what the engine pays),")
     print(f"best of {rounds} means over {steps} steps, CPU microseconds; then a 256-token prefill, per token")
-    print(f"  {'K/V':<8} {'build':<7} {'128 tok':>9} {'512 tok':>9} {'2048 tok':>9}   {'prefill/token':>16}")
+    print(f"  {'K/V':<16} {'build':<7} {'128 tok':>9} {'512 tok':>9} {'2048 tok':>9}   {'prefill/token':>16}")
     rng = np.random.default_rng(1)
-    for kv in (("f32", "f32"), ("f16", "f16"), ("q8", "q8"), ("q4", "q4"), ("q4", "q8"), ("q3", "q3"), ("q2", "q2"),
-               ("q4_0", "q4_0")):
+    rows = [(kv, "/".join(kv), None) for kv in (("f32", "f32"), ("f16", "f16"), ("q8", "q8"), ("q4", "q4"),
+                                                 ("q4", "q8"), ("q3", "q3"), ("q2", "q2"), ("q4_0", "q4_0"),
+                                                 ("turbo4", "turbo4"), ("turbo2", "turbo2"))]
+    rows += [(("q4", "q4"), label, setup) for label, setup in MECHANISMS.items()]
+    for kv, row_label, setup in rows:
         for name in (SIMD_NAME, SCALAR_NAME):
             cells = []
             for target in (128, 512, 2048):
-                s, m = filled_store(d / name, kv, target, rng)
+                s, m = filled_store(d / name, kv, target, rng, setup)
                 # reserve the capacity of the steps to come, so this is the steady state (a
                 # capacity growth comes every ~25% more tokens and costs a re-layout copy)
                 s.step_begin(rounds * steps + 1)
@@ -136,7 +186,7 @@ def step_table(d: Path) -> None:
                 s.step_commit(256)
                 best_batch = min(best_batch, (clock() - t0) / 256 * 1e6)
             label = "simd" if name == SIMD_NAME else "scalar"
-            print(f"  {'/'.join(kv):<8} {label:<7} " + " ".join(f"{c:9.1f}" for c in cells) + f"   {best_batch:16.2f}")
+            print(f"  {row_label:<16} {label:<7} " + " ".join(f"{c:9.1f}" for c in cells) + f"   {best_batch:16.2f}")
     m = WasmtimeModule(d / SIMD_NAME)
     t0 = clock()
     for _ in range(2000):

@@ -133,13 +133,6 @@ def _f32(module, ptr: int, n: int) -> tuple[float, ...]:
     return struct.unpack(f"<{n}f", module.read(ptr, 4 * n))
 
 
-def _call(module, name: str, *args) -> int:
-    rc = module.call(name, *args)
-    if rc < 0:
-        raise ProfileError(f"{name} failed ({rc})")
-    return rc
-
-
 def _mean(xs) -> float:
     xs = list(xs)
     return sum(xs) / len(xs) if xs else 0.0
@@ -252,9 +245,9 @@ class _Profiler:
             for li, lay in enumerate(table.layers):
                 stride = lay.P + 1  # [P past slots (empty ones have probability 0), the query itself]
                 lo = max(0, n - (s.recent - 1))
-                _call(m, "kv_range_sums", lay.attn, H, stride, lo, stride, self.sums + 4 * (2 * li) * H)
-                _call(m, "kv_range_sums", lay.attn, H, stride, 0, s.sinks, self.sums + 4 * (2 * li + 1) * H)
-                _call(m, "kv_add_rows", self.heavy + 4 * li * H * s.context, lay.attn, H, s.context, stride)
+                self.store.call("kv_range_sums", lay.attn, H, stride, lo, stride, self.sums + 4 * (2 * li) * H)
+                self.store.call("kv_range_sums", lay.attn, H, stride, 0, s.sinks, self.sums + 4 * (2 * li + 1) * H)
+                self.store.call("kv_add_rows", self.heavy + 4 * li * H * s.context, lay.attn, H, s.context, stride)
                 ent = _f32(m, lay.entropy, H)
                 row = acc["entropy"][li]
                 for h in range(H):
@@ -270,7 +263,7 @@ class _Profiler:
             for h in range(H):
                 base = self.heavy + 4 * (li * H + h) * C
                 for j, (ptr, n) in enumerate(((base, C), (base + 4 * k_s, C - k_s))):
-                    _call(m, "kv_cumshare", ptr, n, self.curve)
+                    self.store.call("kv_cumshare", ptr, n, self.curve)
                     curve = _f32(m, self.curve, n)
                     for f, frac in enumerate(TOP):
                         heavy[li][h][3 * j + f] += curve[max(1, math.ceil(frac * n)) - 1]
@@ -278,18 +271,18 @@ class _Profiler:
 
     def _moments(self, ti: int, n: int) -> None:
         """Moments of the n cached keys (pre-RoPE) and values of every layer and KV head."""
-        s, K, D, m = self.s, self.K, self.D, self.m
+        K, D = self.K, self.D
         blk = 8 * (D + 2)
         for li in range(self.L):
             P = self.store.capacity(li)
-            k_ptr, v_ptr = (_call(m, "kv_layer_ptr", li, w) for w in (0, 1))
+            k_ptr, v_ptr = (self.store.call("kv_layer_ptr", li, w) for w in (0, 1))
             for h in range(K):
                 off = 4 * h * P * D  # staging is (K, P, D)
                 dst = self.mom + blk * ((((li * K + h) * 2 + 0) * len(self.texts)) + ti)
-                _call(m, "kv_rope_unrotate", k_ptr + off, n, D, 0, self.theta, self.unrot)
-                _call(m, "kv_moments", self.unrot, n, D, dst)
+                self.store.call("kv_rope_unrotate", k_ptr + off, n, D, 0, self.theta, self.unrot)
+                self.store.call("kv_moments", self.unrot, n, D, dst)
                 dst = self.mom + blk * ((((li * K + h) * 2 + 1) * len(self.texts)) + ti)
-                _call(m, "kv_moments", v_ptr + off, n, D, dst)
+                self.store.call("kv_moments", v_ptr + off, n, D, dst)
 
     def _collapse(self) -> dict:
         K, D, m, n_txt = self.K, self.D, self.m, len(self.texts)
@@ -298,7 +291,7 @@ class _Profiler:
         for li in range(self.L):
             for h in range(K):
                 for kind, name in ((0, "key"), (1, "value")):
-                    _call(m, "kv_moment_scores", self.mom + blk * ((li * K + h) * 2 + kind), n_txt, D, self.out)
+                    self.store.call("kv_moment_scores", self.mom + blk * ((li * K + h) * 2 + kind), n_txt, D, self.out)
                     share, cos = _f32(m, self.out, 2)
                     out[name][li][h], out[name + "_cos"][li][h] = share, cos
                 # mu itself: the channel sums over every text / their token count (per text
@@ -315,12 +308,12 @@ class _Profiler:
     def _scored_runs(self, ids, n0: int, n: int, keep: bool, pol=None):
         """Feed ids[n0-1 : n0-1+n] one per run, so the runs predict ids[n0 : n0+n]; keep
         their logits (the reference) or compare them with the kept ones (mean KL)."""
-        m, v4 = self.m, 4 * self.vocab
+        v4 = 4 * self.vocab
         kl = 0.0
         for j in range(n):
             table = yield from self.one([ids[n0 - 1 + j]], n0 - 1 + j, pol or self.full)
             if keep:
-                _call(m, "kv_memcpy", self.ref + j * v4, table.logits, v4)
+                self.store.call("kv_memcpy", self.ref + j * v4, table.logits, v4)
             else:
                 kl += self.store.logit_stats(self.ref + j * v4, table.logits, ids[n0 + j], self.out)[2]
         return kl / n
@@ -407,7 +400,7 @@ class _Profiler:
                 pos += 1
                 copied += self.store.argmax(table.logits, self.vocab) == d
                 for li, lay in enumerate(table.layers):
-                    _call(m, "kv_range_sums", lay.attn, H, lay.P + 1, span, span + len(digits),
+                    self.store.call("kv_range_sums", lay.attn, H, lay.P + 1, span, span + len(digits),
                           self.sums + 4 * li * H)
                 sums = _f32(m, self.sums, L * H)
                 for li in range(L):

@@ -118,7 +118,8 @@ class KVStore:
         self.head_dim = 0
         self.vocab = 0
 
-    def _call(self, name: str, *args: int | float) -> int:
+    def call(self, name: str, *args: int | float) -> int:
+        """Call an export by name; a negative return (an error code) is raised as StoreError."""
         r = self.module.call(name, *args)
         if isinstance(r, int) and r < 0:
             raise StoreError(r, name)
@@ -128,29 +129,29 @@ class KVStore:
 
     def init(self, n_layers: int, n_kv_heads: int, n_q_heads: int, head_dim: int, vocab: int) -> None:
         """Shape the cache (drops any previous one); every layer starts f32/f32, G=32."""
-        self._call("kv_init", n_layers, n_kv_heads, n_q_heads, head_dim, vocab)
+        self.call("kv_init", n_layers, n_kv_heads, n_q_heads, head_dim, vocab)
         self.n_layers, self.n_kv_heads, self.n_q_heads = n_layers, n_kv_heads, n_q_heads
         self.head_dim, self.vocab = head_dim, vocab
 
     def configure(self, layer: int, k_fmt: int | str, v_fmt: int | str, group: int = formats.GROUP_DEFAULT) -> None:
         """Formats of one layer's K and V (layer -1: all); the layer must hold no tokens."""
-        self._call("kv_configure", layer, formats.fmt(k_fmt), formats.fmt(v_fmt), group)
+        self.call("kv_configure", layer, formats.fmt(k_fmt), formats.fmt(v_fmt), group)
 
     def configure_head(self, layer: int, head: int, k_fmt: int | str, v_fmt: int | str) -> None:
         """One KV head's own K and V formats (after ``configure``, which sets every head's;
         the layer's group size, rotation and aging stay), while the layer holds no tokens."""
-        self._call("kv_configure_head", layer, head, formats.fmt(k_fmt), formats.fmt(v_fmt))
+        self.call("kv_configure_head", layer, head, formats.fmt(k_fmt), formats.fmt(v_fmt))
 
     def head_format(self, layer: int, head: int, part: int) -> int:
         """The format of part 0 (K) or 1 (V) of one KV head."""
-        return self._call("kv_head_format", layer, head, part)
+        return self.call("kv_head_format", layer, head, part)
 
     def formats(self) -> list[list[tuple[int, int]]]:
         """Every KV head's (K format, V format), per layer: one call."""
         n = self.n_layers * self.n_kv_heads * 2
         ptr = self.alloc(4 * n)
         try:
-            self._call("kv_formats", ptr)
+            self.call("kv_formats", ptr)
             w = struct.unpack(f"<{n}i", self.module.read(ptr, 4 * n))
         finally:
             self.free(ptr)
@@ -161,14 +162,14 @@ class KVStore:
         """Rotate one layer's K and/or V rows (layer -1: all) by the random-sign Walsh-Hadamard
         transform before their format, and back when staged; after ``configure`` (which
         clears it), while the layer holds no tokens."""
-        self._call("kv_rotate", layer, int(bool(k)), int(bool(v)))
+        self.call("kv_rotate", layer, int(bool(k)), int(bool(v)))
 
     def age(self, layer: int, part: int, recent: int, axis: int = 0) -> None:
         """Age part 0 (K) or 1 (V) of one layer (-1: all): each head's newest ``recent``
         entries wait exact (fp32, counted as cache bytes) and go into the format when they
         leave that window; axis 1 quantizes per channel, G entries at a time (KIVI). After
         ``configure`` (which clears it), while the layer holds no tokens."""
-        self._call("kv_age", layer, part, recent, axis)
+        self.call("kv_age", layer, part, recent, axis)
 
     def collapse(self, layer: int, head: int, theta: float, mean=None, off: bool = False) -> None:
         """Collapse one KV head's keys (seed 000): each is stored as its residual from one
@@ -178,10 +179,10 @@ class KVStore:
         the head (the prompt's). ``off`` uncollapses it. After ``configure`` /
         ``configure_head`` (``configure`` clears it), while the layer holds no tokens."""
         if off:
-            self._call("kv_collapse", layer, head, float(theta), -1)
+            self.call("kv_collapse", layer, head, float(theta), -1)
             return
         if mean is None:
-            self._call("kv_collapse", layer, head, float(theta), 0)
+            self.call("kv_collapse", layer, head, float(theta), 0)
             return
         mean = [float(x) for x in mean]
         if len(mean) != self.head_dim:
@@ -189,14 +190,14 @@ class KVStore:
         ptr = self.alloc(4 * self.head_dim)
         try:
             self.module.write(ptr, struct.pack(f"<{self.head_dim}f", *mean))
-            self._call("kv_collapse", layer, head, float(theta), ptr)
+            self.call("kv_collapse", layer, head, float(theta), ptr)
         finally:
             self.free(ptr)
 
     def collapsed(self, layer: int, head: int) -> int:
         """0: the head's keys are stored as they are; 1: collapsed on a given mean; 2: on
         the mean of its first run's keys."""
-        return self._call("kv_collapsed", layer, head)
+        return self.call("kv_collapsed", layer, head)
 
     def collapsed_map(self) -> list[list[int]]:
         """Per layer, per KV head: 1 if its keys are collapsed, else 0."""
@@ -206,41 +207,41 @@ class KVStore:
         """A collapsed head's mean pre-RoPE key (head_dim floats)."""
         ptr = self.alloc(4 * self.head_dim)
         try:
-            self._call("kv_collapse_mean", layer, head, ptr)
+            self.call("kv_collapse_mean", layer, head, ptr)
             return list(struct.unpack(f"<{self.head_dim}f", self.module.read(ptr, 4 * self.head_dim)))
         finally:
             self.free(ptr)
 
     def reset(self) -> None:
         """Drop all tokens; their memory goes back to the store's allocator (formats stay)."""
-        self._call("kv_reset")
+        self.call("kv_reset")
 
     def set_limit(self, max_bytes: int) -> None:
         """Cap the store's heap (<= 0: no cap beyond the 2 GiB wasm maximum)."""
-        self._call("kv_set_limit", max_bytes)
+        self.call("kv_set_limit", max_bytes)
 
     # ---- steps
 
     def step_begin(self, S: int) -> StepTable:
         """Reserve the appending of S tokens; returns the step table."""
-        ptr = self._call("kv_step_begin", S)
+        ptr = self.call("kv_step_begin", S)
         n = self.n_layers or struct.unpack("<i", self.module.read(ptr, 4))[0]
         return StepTable.parse(ptr, self.module.read(ptr, 4 * (TABLE_HEAD + TABLE_LAYER * n)))
 
     def step_commit(self, S: int) -> None:
         """Append the S new tokens the host wrote into the step's new_k / new_v."""
-        self._call("kv_step_commit", S)
+        self.call("kv_step_commit", S)
 
     # ---- tools (the profiler): roll back, hide from attention
 
     def truncate(self, n: int) -> None:
         """Drop every token after the first n (all layers); the next position is n."""
-        self._call("kv_truncate", n)
+        self.call("kv_truncate", n)
 
     def hide(self, layer: int, lo: int, hi: int, hidden: bool = True) -> None:
         """Mask a layer's live slots [lo, hi) from attention (or show them again); frees
         nothing: the model attends as if they were evicted."""
-        self._call("kv_hide", layer, lo, hi, 1 if hidden else 0)
+        self.call("kv_hide", layer, lo, hi, 1 if hidden else 0)
 
     # ---- eviction (wasm/evict.c): scorers, one selection, tools
 
@@ -252,11 +253,11 @@ class KVStore:
         ATTN accumulates group attention across steps; WINDOW is SnapKV's pooled window
         (``weights``: a pointer to (layers, q_heads) f32 to let chosen query heads decide
         for the whole layer); LAST is TOVA's; KNORM and RECENT need no attention."""
-        self._call("kv_score", layer, kind, kernel, weights)
+        self.call("kv_score", layer, kind, kernel, weights)
 
     def score_drop(self, layer: int = -1) -> None:
         """Free accumulated scores (H2O's), so they are no longer held."""
-        self._call("kv_score_drop", layer)
+        self.call("kv_score_drop", layer)
 
     def select(self, budgets: list[list[int]], sinks: int = 0, recent: int = 0) -> int:
         """Keep at most budgets[layer][head] entries per KV head (< 0: all) by the scores,
@@ -266,7 +267,7 @@ class KVStore:
         ptr = self.alloc(4 * len(flat))
         try:
             self.module.write(ptr, struct.pack(f"<{len(flat)}i", *flat))
-            return self._call("kv_select", ptr, sinks, recent)
+            return self.call("kv_select", ptr, sinks, recent)
         finally:
             self.free(ptr)
 
@@ -275,13 +276,13 @@ class KVStore:
         ptr = self.alloc(4 * max(1, len(keep)))
         try:
             self.module.write(ptr, struct.pack(f"<{len(keep)}i", *keep))
-            return self._call("kv_evict", layer, head, ptr, len(keep))
+            return self.call("kv_evict", layer, head, ptr, len(keep))
         finally:
             self.free(ptr)
 
     def live(self, layer: int, head: int) -> int:
         """Live entries of one KV head of a layer."""
-        return self._call("kv_live", layer, head)
+        return self.call("kv_live", layer, head)
 
     def kept(self) -> list[list[int]]:
         """Live entries per layer and KV head: (layers, kv_heads)."""
@@ -292,7 +293,7 @@ class KVStore:
         width = 3 + self.n_kv_heads
         ptr = self.alloc(4 * width * self.n_layers)
         try:
-            n = self._call("kv_meter", ptr)
+            n = self.call("kv_meter", ptr)
             words = struct.unpack(f"<{n}i", self.module.read(ptr, 4 * n))
         finally:
             self.free(ptr)
@@ -303,7 +304,7 @@ class KVStore:
         n = self.live(layer, head)
         ptr = self.alloc(4 * max(1, n))
         try:
-            got = self._call("kv_positions", layer, head, ptr)
+            got = self.call("kv_positions", layer, head, ptr)
             return list(struct.unpack(f"<{got}i", self.module.read(ptr, 4 * got)))
         finally:
             self.free(ptr)
@@ -316,7 +317,7 @@ class KVStore:
             return ""
         ptr = self.alloc(n)
         try:
-            self._call("kv_keep_map", layer, ptr, n)
+            self.call("kv_keep_map", layer, ptr, n)
             return self.module.read(ptr, n).decode("ascii")
         finally:
             self.free(ptr)
@@ -326,29 +327,29 @@ class KVStore:
     def bytes(self, layer: int = -1, part: int | None = None) -> int:
         """Exact bytes held: part 0 K, 1 V, 2 metadata, None = all three; layer -1 = all."""
         if part is None:
-            return sum(self._call("kv_bytes", layer, p) for p in (PART_K, PART_V, PART_META))
-        return self._call("kv_bytes", layer, part)
+            return sum(self.call("kv_bytes", layer, p) for p in (PART_K, PART_V, PART_META))
+        return self.call("kv_bytes", layer, part)
 
     def tokens(self, layer: int = -1) -> int:
         """Live tokens of a layer (the most any of its KV heads keeps); layer -1: tokens
         appended since reset (the next position)."""
-        return self._call("kv_tokens", layer)
+        return self.call("kv_tokens", layer)
 
     def capacity(self, layer: int) -> int:
         """Staging slots (P) of a layer."""
-        return self._call("kv_capacity", layer)
+        return self.call("kv_capacity", layer)
 
     def heap_bytes(self) -> int:
         """Linear memory the store's allocator has taken (never shrinks)."""
-        return self._call("kv_heap_bytes")
+        return self.call("kv_heap_bytes")
 
     def staging_bytes(self) -> int:
         """Bytes of the fp32 staging buffers (K, V, mask at capacity)."""
-        return self._call("kv_staging_bytes")
+        return self.call("kv_staging_bytes")
 
     def io_bytes(self) -> int:
         """Bytes of the step I/O buffers (logits, new K/V, attention, entropy)."""
-        return self._call("kv_io_bytes")
+        return self.call("kv_io_bytes")
 
     def working_bytes(self) -> int:
         """The working memory beside the cache: fp32 staging the model reads + step I/O."""
@@ -361,30 +362,30 @@ class KVStore:
         n = self.live(layer, head)
         ptr = self.alloc(8 * self.head_dim * (n + 1))
         try:
-            got = self._call("kv_rows", layer, head, part, ptr)
+            got = self.call("kv_rows", layer, head, part, ptr)
             return self.module.read(ptr, got)
         finally:
             self.free(ptr)
 
     def version(self) -> int:
-        return self._call("kv_version")
+        return self.call("kv_version")
 
     # ---- choosing the next token
 
     def argmax(self, ptr: int, n: int | None = None) -> int:
         """Index of the largest of n f32 at ptr (default n: vocab)."""
-        return self._call("kv_argmax", ptr, self.vocab if n is None else n)
+        return self.call("kv_argmax", ptr, self.vocab if n is None else n)
 
     def seed(self, seed: int) -> None:
         """Seed the sampler's PCG32 (any int; its low 32 bits are used)."""
         s = seed & 0xFFFFFFFF
-        self._call("kv_seed", s - (1 << 32) if s >= 1 << 31 else s)
+        self.call("kv_seed", s - (1 << 32) if s >= 1 << 31 else s)
 
     def sample(
         self, ptr: int, n: int | None = None, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0
     ) -> int:
         """Sample a token from n logits at ptr (temperature <= 0: argmax)."""
-        return self._call("kv_sample", ptr, self.vocab if n is None else n, float(temperature), top_k, float(top_p))
+        return self.call("kv_sample", ptr, self.vocab if n is None else n, float(temperature), top_k, float(top_p))
 
     # ---- quality statistics (wasm/stats.c)
 
@@ -395,20 +396,20 @@ class KVStore:
     def logit_stats(self, ref: int, cmp: int, target: int, out: int) -> tuple[float, ...]:
         """Compare the logits at cmp with the reference logits at ref ((vocab,) f32 each) at
         a position whose next token is target; out: (N_STATS,) f32 scratch."""
-        self._call("kv_logit_stats", ref, cmp, self.vocab, target, out)
+        self.call("kv_logit_stats", ref, cmp, self.vocab, target, out)
         return struct.unpack(f"<{self.N_STATS}f", self.module.read(out, 4 * self.N_STATS))
 
     # ---- scratch memory and raw kernels (tests, benchmarks, tools)
 
     def alloc(self, n: int) -> int:
-        return self._call("kv_alloc", n)
+        return self.call("kv_alloc", n)
 
     def free(self, ptr: int) -> None:
-        self._call("kv_free", ptr)
+        self.call("kv_free", ptr)
 
     def quantize(self, fmt: int | str, group: int, src: int, n: int, dst: int) -> int:
         """Quantize n f32 at src into dst; returns the bytes written."""
-        return self._call("kv_quantize", formats.fmt(fmt), group, src, n, dst)
+        return self.call("kv_quantize", formats.fmt(fmt), group, src, n, dst)
 
     def dequantize(self, fmt: int | str, group: int, src: int, n: int, dst: int) -> int:
-        return self._call("kv_dequantize", formats.fmt(fmt), group, src, n, dst)
+        return self.call("kv_dequantize", formats.fmt(fmt), group, src, n, dst)

@@ -11,19 +11,7 @@
 
 // ---- small helpers ------------------------------------------------------------------------
 
-const $ = (sel, root = document) => root.querySelector(sel);
-const $$ = (sel, root = document) => Array.from(root.querySelectorAll(sel));
-const el = (tag, attrs = {}, ...kids) => {
-  const e = document.createElement(tag);
-  for (const [k, v] of Object.entries(attrs)) {
-    if (v === undefined || v === null || v === false) continue;
-    if (k === "class") e.className = v;
-    else if (k === "text") e.textContent = v;
-    else e.setAttribute(k, v === true ? "" : v);
-  }
-  e.append(...kids.filter((k) => k !== null && k !== undefined));
-  return e;
-};
+import { $, $$, el } from "./dom.js";
 const SVG_NS = "http://www.w3.org/2000/svg";
 const svg = (tag, attrs = {}, ...kids) => {
   const e = document.createElementNS(SVG_NS, tag);

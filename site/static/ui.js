@@ -12,19 +12,7 @@
 
 // ---- small helpers --------------------------------------------------------------------
 
-const $ = (sel, root = document) => root.querySelector(sel);
-const el = (tag, attrs = {}, ...kids) => {
-  const e = document.createElement(tag);
-  for (const [k, v] of Object.entries(attrs)) {
-    if (v === undefined || v === null || v === false) continue;
-    if (k === "class") e.className = v;
-    else if (k === "text") e.textContent = v;
-    else if (k.startsWith("data-") || k.startsWith("aria-") || k === "for" || k === "role") e.setAttribute(k, v === true ? "" : v);
-    else e[k] = v;
-  }
-  for (const kid of kids) if (kid !== null && kid !== undefined) e.append(kid);
-  return e;
-};
+import { $, el } from "./dom.js";
 
 /** Bytes in binary units, as engineers read them: 0 B, 980 B, 45.0 KiB, 2.61 MiB. */
 export function fmtBytes(n) {
@@ -227,6 +215,17 @@ function chooseOne(tech, name) {
     && g.params.includes(name) && g.params.every((n) => (tech.params || []).some((q) => q.name === n)));
 }
 
+/** A value as its field shows it: a list of heads as JSON, anything else as its text. */
+const asField = (p, v) => (p?.kind === "heads" && typeof v !== "string" ? JSON.stringify(v) : String(v));
+
+/** A field's text as the policy sends it: a list of heads parsed from JSON (sent as typed
+ *  when it does not parse, so the engine's message names the parameter). */
+function fromField(kind, text) {
+  if (kind === "int" || kind === "float") return Number(text);
+  if (kind === "heads") { try { return JSON.parse(text); } catch { return text; } }
+  return text;
+}
+
 /** What an optional parameter's field starts with: the lessons' suggestion, else its lower bound. */
 function initialValue(tech, p) {
   const v = chooseOne(tech, p.name)?.initial?.[p.name];
@@ -246,8 +245,8 @@ function paramControl(tech, p) {
     control = el("input", { ...common, type: "checkbox", checked: Boolean(p.default) });
   } else if (p.choices && p.choices.length) {   // int choices (bits) and str choices (a shape) alike
     control = el("select", common, ...p.choices.map((c) => el("option", { value: String(c), text: String(c), selected: c === p.default })));
-  } else if (p.kind === "str") {
-    control = el("input", { ...common, type: "text", value: String(optional ? initialValue(tech, p) : p.default) });
+  } else if (p.kind === "str" || p.kind === "heads") {
+    control = el("input", { ...common, type: "text", value: asField(p, optional ? initialValue(tech, p) : p.default) });
   } else {
     const step = p.kind === "int" ? 1 : "any";
     control = el("input", { ...common, type: "number", value: String(optional ? initialValue(tech, p) : p.default), step,
@@ -347,7 +346,7 @@ export function composePolicy() {
       // an empty field: the engine says what is wrong (a given optional one goes as typed,
       // "", so the message names it instead of "neither")
       else if (c.value.trim() === "") params[c.dataset.param] = optional ? c.value : null;
-      else params[c.dataset.param] = kind === "int" || kind === "float" ? Number(c.value) : c.value;
+      else params[c.dataset.param] = fromField(kind, c.value);
     }
     policy[fs.dataset.technique] = params;
   }
@@ -370,12 +369,12 @@ function applyPolicy(policy) {
         const group = chooseOne(tech, c.dataset.param);
         const noneGiven = !group?.params.some((n) => given && isSet(given[n]));
         use.checked = has || (Boolean(group) && noneGiven && group.params[0] === c.dataset.param);
-        c.value = String(has ? given[c.dataset.param] : initialValue(tech, p));
+        c.value = asField(p, has ? given[c.dataset.param] : initialValue(tech, p));
         continue;
       }
       const v = has ? given[c.dataset.param] : p?.default;
       if (c.type === "checkbox") c.checked = Boolean(v);
-      else c.value = String(v);
+      else c.value = asField(p, v);
     }
   }
   onTechniqueChange();
@@ -385,7 +384,7 @@ function applyPolicy(policy) {
 function policyMatches(preset, policy) {
   const names = Object.keys(preset);
   return names.length === Object.keys(policy).length && names.every((n) => policy[n]
-    && Object.entries(preset[n]).every(([k, v]) => policy[n][k] === v));
+    && Object.entries(preset[n]).every(([k, v]) => JSON.stringify(policy[n][k]) === JSON.stringify(v)));
 }
 
 /** The preset's sentence on what to look for, under the cache map (null: hide it). */
@@ -526,22 +525,28 @@ function setMeter(m) {
       + (heads.length ? ` · kept per KV head ${heads.map(fmtInt).join(" / ")}` : "")
       + (partFp32 ? ` (fp32: ${fmtBytes(partFp32)} each)` : "");
   });
-  if (m.head_bits) setHeadBits(m.head_bits);
+  if (m.head_bits) setHeadBits(m.head_bits, m.head_collapsed);
 }
 
 /** The bits-per-head map: each KV head's key and value width (m.head_bits: per layer, per
- *  KV head, [K bits, V bits]). Redrawn only when the widths change. */
-function setHeadBits(bits) {
-  const key = JSON.stringify(bits);
+ *  KV head, [K bits, V bits]); a collapsed head's keys (m.head_collapsed: 1) are marked μ,
+ *  their width being the residual's beside one mean key. Redrawn only when they change. */
+function setHeadBits(bits, collapsed) {
+  const key = JSON.stringify([bits, collapsed || []]);
   const grid = $("#head-bits");
   if (grid.dataset.shown === key) return;
   grid.dataset.shown = key;
   for (const c of grid.querySelectorAll(".hb")) {
-    const b = bits[Number(c.dataset.layer)]?.[Number(c.dataset.head)]?.[c.dataset.part === "K" ? 0 : 1];
+    const layer = Number(c.dataset.layer), head = Number(c.dataset.head), isK = c.dataset.part === "K";
+    const b = bits[layer]?.[head]?.[isK ? 0 : 1];
     if (b === undefined) continue;
+    const mu = isK && Boolean(collapsed?.[layer]?.[head]);
     c.dataset.bits = String(b);
-    c.textContent = String(b);
-    c.title = `layer ${c.dataset.layer} · KV head ${c.dataset.head} · ${c.dataset.part}: ${b} bits`;
+    c.dataset.collapsed = String(mu);
+    c.textContent = mu ? `μ${b || ""}` : String(b);
+    c.title = `layer ${layer} · KV head ${head} · ${c.dataset.part}: `
+      + (mu ? (b ? `collapsed: one mean key + a ${b}-bit residual per key` : "collapsed: the mean key alone")
+            : `${b} bits`);
   }
 }
 

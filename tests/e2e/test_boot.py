@@ -17,6 +17,9 @@ POLICIES = {
     "q4q4": {"quant": {"k_bits": 4, "v_bits": 4}},
     # aging: keys per channel in blocks of 16 (KIVI), values through a window of 4
     "kivi": {"quant": {"k_bits": 4, "v_bits": 4, "k_axis": "channel", "group_size": 16, "recent_v": 4}},
+    # collapsed keys: two heads' keys as the prompt's mean key alone, one as mean + 2-bit residual
+    "collapse": {"quant": {"k_bits": 8, "v_bits": 8},
+                 "collapse": {"list": [[11, 0], [2, 0], [29, 1]], "bits": 0, "mean": "prompt"}},
 }
 PROMPTS = {
     "raw": ("The three primary colours are", False),
@@ -67,7 +70,7 @@ def test_greedy_ids_and_bytes_equal_native(browser, engine, prompt, policy):
     assert web["ids"] == native["ids"]
     assert web["text"] == native["text"]
     for key in ("cache_bytes", "fp32_bytes", "fp16_bytes", "layer_bytes", "bytes_per_step", "tokens_cached", "policy",
-                "head_bits"):
+                "head_bits", "head_collapsed"):
         assert web[key] == native[key], key
     assert web["host"] == "browser" and web["store"] == "simd"
     assert set(web) == set(native)

@@ -265,3 +265,30 @@ def test_the_bits_map_shows_each_heads_width(page, profiled_engine):
     set_quant(page, (4, 4))
     generate(page, "Water boils at", max_new=2)
     assert page.evaluate("[...document.querySelectorAll('#head-bits .hb')].every((c) => c.dataset.bits === '4')")
+
+
+def test_the_bits_map_marks_collapsed_heads(page, profiled_engine):
+    """collapse (an example chip): the 20 most collapsed heads' keys are marked μ with their
+    residual's width, as the native host holds them; the panel composed quant + collapse."""
+    from kvlab.engine import Request
+
+    page.click("#techniques button.chip:text-is('collapse · top 20 + q4')")
+    try:
+        policy = json.loads(page.text_content("#policy-json"))
+        assert policy["collapse"]["heads"] == 20 and "list" not in policy["collapse"]
+        web = generate(page, "Water boils at", max_new=3)
+        nat = profiled_engine.generate(Request(prompt="Water boils at", max_new_tokens=3, policy=policy))
+        assert web["head_collapsed"] == nat["head_collapsed"] and web["head_bits"] == nat["head_bits"]
+        assert web["ids"] == nat["ids"] and web["cache_bytes"] == nat["cache_bytes"]
+        cells = page.evaluate("""() => [...document.querySelectorAll('#head-bits .hb')].map((c) =>
+            [+c.dataset.layer, +c.dataset.head, c.dataset.part, c.dataset.collapsed, c.textContent])""")
+        marked = {(layer, head) for layer, head, part, mu, text in cells if mu == "true"}
+        assert marked == {(c["layer"], c["kv_head"]) for c in profiled_engine.profile["candidates"]["collapsed_keys"][:20]}
+        assert all(text == "μ2" for layer, head, part, mu, text in cells if mu == "true")
+        # a list typed into the panel is sent as a list
+        page.check("#tech-collapse-list-use")
+        page.fill("#tech-collapse-list", "[[0, 1], [3, 2]]")
+        page.dispatch_event("#tech-collapse-list", "input")
+        assert json.loads(page.text_content("#policy-json"))["collapse"]["list"] == [[0, 1], [3, 2]]
+    finally:
+        page.locator("#techniques button.chip:text-is('full fp32')").click()
