@@ -61,6 +61,8 @@ ROWS = {
     "K4 + V4 rotated": q(k_bits=4, v_bits=4, rotate=True),
     "K3 + V4 rotated": q(k_bits=3, v_bits=4, rotate=True),
     "K3 + V3 rotated": q(k_bits=3, v_bits=3, rotate=True),
+    "K2 + V2": q(k_bits=2, v_bits=2),
+    "K2 + V2 rotated": q(k_bits=2, v_bits=2, rotate=True),
     "turbo4 / turbo4": q(k_format="turbo4", v_format="turbo4"),
     "turbo3 / turbo3": q(k_format="turbo3", v_format="turbo3"),
     "turbo3 / turbo2": q(k_format="turbo3", v_format="turbo2"),
