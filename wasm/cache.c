@@ -97,7 +97,10 @@ static void free_layer(kv_layer *L) {
     L->score_held = 0;
     L->ccap = L->pcap = L->used = 0;
     L->step_P = L->step_ok = 0;
-    for (int32_t h = 0; h < kv.n_kv_heads; h++) L->live[h] = L->prev[h] = 0;
+    for (int32_t h = 0; h < kv.n_kv_heads; h++) {
+        L->live[h] = L->prev[h] = 0;
+        if (L->cmode[h] == 3) L->cmode[h] = 2; // the next fill's first step gives the mean again
+    }
 }
 
 static void free_grow(kv_grow *g) {
@@ -651,7 +654,7 @@ KV_EXPORT(kv_step_commit) int32_t kv_step_commit(int32_t S) {
             const int32_t n = L->live[h];
             for (int p = 0; p < 2; p++) {
                 const float *x = src[p] + (size_t)h * S * D; // (S, D)
-                if (p == 0 && L->cmode[h] == 2 && n == 0) kv_collapse_take_mean(L, h, x, S, kv.appended);
+                if (p == 0 && L->cmode[h] == 2) kv_collapse_take_mean(L, h, x, S, kv.appended);
                 if (L->rcap[p]) append_aging(L, p, h, n, x, S);
                 else
                     for (int32_t s = 0; s < S; s++) store_entry(L, p, h, n + s, x + (size_t)s * D, kv.appended + s);

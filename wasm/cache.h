@@ -64,7 +64,8 @@ typedef struct {
     int32_t bcap;      // block capacity per head
     // collapsed keys (kv_collapse, collapse.c): a head with cmode[h] != 0 stores each key as
     // its residual from one mean pre-RoPE key, in the head's K format
-    int32_t *cmode;    // (kv_heads,) 0: not collapsed, 1: mean given, 2: mean of the first step
+    int32_t *cmode;    // (kv_heads,) 0: not collapsed, 1: mean given, 2 / 3: mean of the first
+                       // step after kv_collapse or a reset, not taken yet / taken
     float *kmean;      // (kv_heads, head_dim) the means, then (head_dim / 2) RoPE inverse
                        // frequencies; 0 while no head is collapsed
 } kv_layer;

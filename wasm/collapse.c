@@ -47,8 +47,9 @@ static inline const float *inv_of(const kv_layer *L) { return L->kmean + (size_t
 
 // Collapse the keys of one KV head of a layer: from its next entry on, they are stored as
 // the residual from one mean pre-RoPE key mu (head_dim f32 at src; src = 0: the mean of
-// the keys of the first step that reaches the empty head, i.e. the prompt's first run),
-// rotated back with RoPE at base theta when staged. src = -1 uncollapses the head. The
+// the keys of the first step committed after this call or a reset, i.e. the prompt's first
+// run), rotated back with RoPE at base theta when staged (one base per layer: the last
+// call's, as a model has one). src = -1 uncollapses the head. The
 // residual takes the head's K format (kv_configure / kv_configure_head, after which this
 // is called: kv_configure clears it; KV_NONE keeps mu alone). KV_EINVAL for a bad layer,
 // head, src or theta, an odd head_dim, or per-channel keys (kv_age axis 1: their blocks
@@ -82,7 +83,8 @@ KV_EXPORT(kv_collapse) int32_t kv_collapse(int32_t layer, int32_t head, float th
     return KV_OK;
 }
 
-// Whether (and how) a head is collapsed: 0 no, 1 mean given, 2 mean of the first step.
+// Whether (and how) a head is collapsed: 0 no, 1 mean given, 2 mean of the first step (not
+// taken yet), 3 mean of the first step (taken).
 KV_EXPORT(kv_collapsed) int32_t kv_collapsed(int32_t layer, int32_t head) {
     if (!kv.ready) return KV_ESTATE;
     if (layer < 0 || layer >= kv.n_layers || head < 0 || head >= kv.n_kv_heads) return KV_EINVAL;
@@ -90,7 +92,7 @@ KV_EXPORT(kv_collapsed) int32_t kv_collapsed(int32_t layer, int32_t head) {
 }
 
 // Copy a collapsed head's mean pre-RoPE key (head_dim f32) to dst; KV_EINVAL if the head
-// is not collapsed. (With mode 2 it is the prompt's once the head holds entries, else 0.)
+// is not collapsed. (Mode 2: zeros until the first step; mode 3: that step's mean.)
 KV_EXPORT(kv_collapse_mean) int32_t kv_collapse_mean(int32_t layer, int32_t head, int32_t dst) {
     if (!kv.ready) return KV_ESTATE;
     if (layer < 0 || layer >= kv.n_layers || head < 0 || head >= kv.n_kv_heads || !kv.layer[layer].cmode[head])
@@ -101,7 +103,7 @@ KV_EXPORT(kv_collapse_mean) int32_t kv_collapse_mean(int32_t layer, int32_t head
 
 static float row_buf[4096]; // (head_dim,) one pre-RoPE key
 
-// Mode 2: mu = the mean pre-RoPE key of the S rows x (S, head_dim) at positions pos0 ...
+// Mode 2 -> 3: mu = the mean pre-RoPE key of the S rows x (S, head_dim) at positions pos0 ...
 void kv_collapse_take_mean(kv_layer *L, int32_t h, const float *x, int32_t S, int32_t pos0) {
     const int32_t D = kv.head_dim;
     static double sum[4096];
@@ -112,6 +114,7 @@ void kv_collapse_take_mean(kv_layer *L, int32_t h, const float *x, int32_t S, in
     }
     float *mu = mean_of(L, h);
     for (int32_t j = 0; j < D; j++) mu[j] = (float)(sum[j] / (double)S);
+    L->cmode[h] = 3;
 }
 
 // The residual of key x (head_dim,) at position pos: RoPE^-1(x, pos) - mu, into r.

@@ -195,8 +195,9 @@ class KVStore:
             self.free(ptr)
 
     def collapsed(self, layer: int, head: int) -> int:
-        """0: the head's keys are stored as they are; 1: collapsed on a given mean; 2: on
-        the mean of its first run's keys."""
+        """0: the head's keys are stored as they are; 1: collapsed on a given mean; 2 / 3: on
+        the mean of the keys of its first run after the collapse or a reset, not taken yet /
+        taken."""
         return self.call("kv_collapsed", layer, head)
 
     def collapsed_map(self) -> list[list[int]]:

@@ -70,7 +70,7 @@ def test_a_given_list_and_the_prompts_mean(profiled_engine):
                        policy={"collapse": {"list": [[0, 1], [29, 2]], "bits": 0, "mean": "prompt"}}))
     s = e.store
     assert [(layer, k) for layer in range(30) for k in range(3) if s.collapsed(layer, k)] == [(0, 1), (29, 2)]
-    assert s.collapsed(0, 1) == 2 and s.head_format(0, 1, 0) == formats.NONE
+    assert s.collapsed(0, 1) == 3 and s.head_format(0, 1, 0) == formats.NONE  # its first run's mean, taken
     assert s.bytes(0, 0) == 4 * 64 + 2 * s.tokens(0) * 64 * 4  # the mean + two f32 heads
     mu = np.asarray(s.collapse_mean(0, 1))
     assert np.abs(mu).max() > 0 and not np.allclose(mu, e.profile["key_means"]["values"][0][1], atol=1e-3)
@@ -97,6 +97,11 @@ def test_bad_settings_are_refused(profiled_engine):
         Applied(parse_policy({"collapse": {"heads": 1}}), Context(model, None))
     with pytest.raises(PolicyError, match="key_means"):
         Applied(parse_policy({"collapse": {"list": [[0, 0]]}}), Context(model, None))
+    other = dict(prof, key_means={"values": [[[0.0] * 32] * 3] * 30})  # another model's head_dim
+    with pytest.raises(PolicyError, match="another model"):
+        Applied(parse_policy({"collapse": {"list": [[0, 0]]}}), Context(model, other))
+    with pytest.raises(PolicyError, match="must be one of"):
+        parse_policy({"quant": {"k_format": "none"}})  # a format only collapse uses
     # without a profile a list on the prompt's mean needs nothing else
     Applied(parse_policy({"collapse": {"list": [[0, 0]], "mean": "prompt"}}), Context(model, None))
 

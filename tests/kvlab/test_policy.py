@@ -89,6 +89,10 @@ def test_quant_formats_by_name_or_width():
     from kvlab.techniques.quant import Quant
 
     for name, f in formats.BY_NAME.items():
+        if f == formats.NONE:  # holds nothing: collapse's, not quant's
+            with pytest.raises(PolicyError, match="must be one of"):
+                parse_policy({"quant": {"k_format": name}})
+            continue
         p = parse_policy({"quant": {"k_format": name, "v_format": name}})["quant"]
         assert Quant.formats_of(p) == (f, f)
     p = parse_policy({"quant": {"k_format": "q4_0", "k_bits": 4, "v_bits": 2}})["quant"]  # the width agrees

@@ -124,6 +124,28 @@ def test_collapsed_heads_hold_residuals_and_stage_them_at_their_positions(wasm_p
     assert s.bytes(-1, 0) == 58 * (4 * q4 + 2 * formats.row_bytes(fmt, 32, D)) + 2 * 4 * D
 
 
+def test_the_prompts_mean_is_taken_once_per_fill(wasm_path):
+    """Mode 2: the first step's mean (mode 3 from then on) stays when the head is evicted to
+    nothing and refilled; a reset makes the next fill's first step give it again."""
+    s, m = new_store(wasm_path, SHAPE)
+    fl = Filler(s, m, seed=5)
+    s.collapse(0, 0, THETA, None)
+    fl.step(30)
+    assert s.collapsed(0, 0) == 3
+    mu = s.collapse_mean(0, 0)
+    s.evict(0, 0, [])
+    fl.step(7)
+    assert s.collapse_mean(0, 0) == mu and s.collapsed(0, 0) == 3
+    s.reset()
+    assert s.collapsed(0, 0) == 2
+    fl.keys = [[np.zeros((0, D), np.float32) for _ in range(H)] for _ in range(SHAPE["n_layers"])]
+    fl.n = 0
+    fl.step(12)
+    first = residuals(fl.keys[0][0], np.zeros(D, np.float32), np.arange(12)).astype(np.float64).mean(axis=0)
+    np.testing.assert_allclose(s.collapse_mean(0, 0), first, rtol=0, atol=1e-5)
+    assert s.collapse_mean(0, 0) != mu
+
+
 def test_an_exact_residual_gives_back_the_graphs_key(wasm_path):
     """With an f32 residual the staged key is the appended one up to the two RoPE turns'
     f32 rounding: the rotation is the graph's own, at the entry's own position."""

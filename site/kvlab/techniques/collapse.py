@@ -13,8 +13,9 @@ Which heads: the ``heads`` most collapsed of the profile (``candidates.collapsed
 a ``list`` of [layer, kv_head]. Where mu comes from (``mean``): ``"profile"`` — the mean
 over every token of the profile's texts (``key_means``; held as 4·head_dim bytes per head
 all the same, since the cache must have it to stage a key); ``"prompt"`` — the mean of the
-head's keys in the prompt's first run (up to 512 tokens, ``kvlab.policy.PREFILL_CHUNK``),
-computed by the store when that run is committed. Values are untouched (seed 000: values
+head's keys in the prompt's first run (up to 512 tokens, ``kvlab.policy.PREFILL_CHUNK``,
+fewer when a technique splits the prompt's runs), computed by the store when that run is
+committed. Values are untouched (seed 000: values
 never collapse). Composes with ``quant`` (its formats for every other head, its group size,
 rotation and recent-key window for these too) and ``entropy_bits`` (applied after it), not
 with per-channel keys (a per-channel block is not a residual).
@@ -77,9 +78,15 @@ class Collapse(Technique):
             if layer >= L or head >= K:
                 raise PolicyError(f"collapse.list names KV head [{layer}, {head}], which does not exist: the "
                                   f"model has {L} layers of {K} KV heads")
-        if params["mean"] == "profile" and "key_means" not in prof:
-            raise PolicyError("collapse.mean 'profile' needs the head profile's key_means: build it with "
-                              "`python -m builder profile`, pass --head-profile FILE, or use mean 'prompt'")
+        if params["mean"] == "profile":
+            if "key_means" not in prof:
+                raise PolicyError("collapse.mean 'profile' needs the head profile's key_means: build it with "
+                                  "`python -m builder profile`, pass --head-profile FILE, or use mean 'prompt'")
+            means = prof["key_means"]["values"]
+            D = ctx.model["head_dim"]
+            if len(means) != L or any(len(row) != K or any(len(mu) != D for mu in row) for row in means):
+                raise PolicyError(f"collapse.mean 'profile': the profile's key_means are not {L} layers × {K} KV "
+                                  f"heads × {D} values (a profile of another model?)")
         if ctx.model["head_dim"] % 2:
             raise PolicyError("collapse needs an even head_dim (RoPE turns pairs of channels)")
 

@@ -30,7 +30,9 @@ from .. import formats
 from .base import Param, PolicyError, Technique
 
 BITS = (32, 16, 8, 4, 3, 2)
-FORMAT_NAMES = tuple(formats.NAMES.values())
+# every format the store has but `none` (it holds nothing: only `collapse` uses it, for keys
+# that are their head's mean alone)
+FORMAT_NAMES = tuple(n for f, n in formats.NAMES.items() if f != formats.NONE)
 
 
 class Quant(Technique):
