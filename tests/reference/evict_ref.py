@@ -284,6 +284,15 @@ class Layer:
         for h in self.heads:
             h.score = None
 
+    def relaid(self, old_row: list, fresh: bool = False) -> None:
+        """After a change of formats or aging: a new row width (or, with ``fresh``, streams
+        never laid out) drops the streams and scores — the position list stays: the next
+        token is still ``appended``, not entry 0 — and the (empty) rows take the new width."""
+        if self.row != old_row or (fresh and self.ccap == 0):
+            self.ccap = 0
+            self.drop_scores()
+        self.new_rows()
+
     def settle(self) -> None:
         """After a compaction: the mapping ends, scratch scores go, the buffers shrink."""
         self.step_ok = False
@@ -332,10 +341,7 @@ class CacheModel:
             old = L.row
             L.fmt, L.group = [[kf] * self.H, [vf] * self.H], group
             L.recent, L.axis = [0, 0], [0, 0]
-            if L.row != old or L.ccap == 0:  # the streams and scores go; the position list
-                L.ccap = 0  # stays: the next token is still `appended`, not entry 0
-                L.drop_scores()
-            L.new_rows()  # empty: only the row width changes
+            L.relaid(old, fresh=True)
         self.open_S = 0
         return OK
 
@@ -347,10 +353,7 @@ class CacheModel:
         for L in sel:
             old = L.row
             L.recent[part], L.axis[part] = recent, axis
-            if L.row != old or L.ccap == 0:
-                L.ccap = 0
-                L.drop_scores()
-            L.new_rows()
+            L.relaid(old, fresh=True)
         self.open_S = 0
         return OK
 
@@ -361,10 +364,7 @@ class CacheModel:
             return ESTATE
         old = L.row
         L.fmt[0][head], L.fmt[1][head] = kf, vf
-        if L.row != old:
-            L.ccap = 0
-            L.drop_scores()
-        L.new_rows()
+        L.relaid(old)
         self.open_S = 0
         return OK
 
