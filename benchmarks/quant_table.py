@@ -30,7 +30,6 @@ import argparse
 import datetime
 import json
 import platform
-import statistics
 import subprocess
 import sys
 import time
@@ -40,6 +39,7 @@ from kvlab.artifacts import default_dir, default_profile
 from kvlab.engine import Engine
 from kvlab.evaluate import evaluate
 from kvlab.host.native import NativeHost
+from kvlab.results import read_lines, summarise
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -145,23 +145,17 @@ def run(args) -> None:
 
 
 def render(args) -> None:
-    every = [json.loads(line) for line in Path(args.out).read_text().splitlines()]
+    every = read_lines(Path(args.out))
     rows = [r for r in every if r.get("task", "ppl") == "ppl"]
-    by: dict[str, list[dict]] = {}
-    for r in rows:
-        by.setdefault(r["row"], []).append(r)
-    order = [n for n in ROWS if n in by] + sorted(n for n in by if n not in ROWS)
+    table = summarise(every)  # per row: the mean over its texts and the spread (kvlab.results)
+    order = [n for n in ROWS if n in table] + sorted(n for n in table if n not in ROWS)
     print("| configuration | texts | ×fp32 | KL (mean; min–max) | top-1 | PPL | ΔPPL (mean; min–max) |")
     print("|---|---|---|---|---|---|---|")
     for name in order:
-        res = [r["result"] for r in sorted(by[name], key=lambda r: r["seed"])]
-        kl = [x["kld_vs_full"] for x in res]
-        dppl = [100 * (x["score"] / x["score_full"] - 1) for x in res]
-        ppl = statistics.mean(x["score"] for x in res)
-        top1 = statistics.mean(x["top1_agreement"] for x in res)
-        ratio = statistics.mean(x["ratio_vs_fp32"] for x in res)
-        print(f"| {name} | {len(res)} | {ratio:.2f} | {statistics.mean(kl):.4f}; {min(kl):.4f}–{max(kl):.4f} | "
-              f"{100 * top1:.1f} % | {ppl:.2f} | {statistics.mean(dppl):+.1f} %; {min(dppl):+.1f}–{max(dppl):+.1f} % |")
+        t = table[name]
+        kl, d = t["kl"], t["dppl_pct"]
+        print(f"| {name} | {t['texts']} | {t['ratio_vs_fp32']:.2f} | {kl['mean']:.4f}; {kl['min']:.4f}–{kl['max']:.4f} | "
+              f"{100 * t['top1']:.1f} % | {t['ppl']:.2f} | {d['mean']:+.1f} %; {d['min']:+.1f}–{d['max']:+.1f} % |")
     ctx = {(r["context"], r["positions"]) for r in rows}
     print(f"\n(context, positions) per text: {sorted(ctx)}")
     tasks = sorted({r.get("task", "ppl") for r in every} - {"ppl"})

@@ -14,6 +14,8 @@
                               the head profile, the four observations and the texts they
                               were measured on (``builder.profile``: computed natively once
                               per build; the profile page shows them and can rerun them)
+    results.json              seed 001's table on this model beside the seed's (``kvlab.results``,
+                              from the committed results/quant.jsonl; the profile page shows it)
     model/model.onnx.part0..N the model in parts of ≤ 64 MB (a single 270 MB Cache API
                               entry fails in incognito profiles; parts do not)
     manifest.json             every file: bytes + sha256; the model's parts; versions
@@ -40,6 +42,7 @@ SITE = paths.REPO / "site"
 TEMPLATES = SITE / "templates"
 STATIC = SITE / "static"
 NODE = paths.REPO / "node_modules"
+RESULTS = paths.REPO / "results" / "quant.jsonl"
 
 #: bytes per model part: under the Cache API's per-entry limit of incognito profiles
 PART_BYTES = 64 << 20
@@ -163,6 +166,12 @@ def build_site(bundle: Path, dist: Path = DIST) -> Path:
     for p in parts:
         _place(parts_dir / Path(p["path"]).name, tmp / p["path"])
     kvlab_zip(tmp / "kvlab.zip")
+    results = None  # seed 001's table on this model, from the committed results (kvlab.results)
+    if RESULTS.exists():
+        from kvlab.results import read_lines, seed_001
+
+        results = seed_001(read_lines(RESULTS))
+        (tmp / "results.json").write_text(json.dumps(results, indent=1) + "\n")
     if STATIC.is_dir():
         for f in sorted(STATIC.rglob("*")):
             if f.is_file():
@@ -191,7 +200,8 @@ def build_site(bundle: Path, dist: Path = DIST) -> Path:
         undefined=jinja2.StrictUndefined,
     )
     for t in sorted(TEMPLATES.glob("*.html")):
-        html = env.get_template(t.name).render(manifest=manifest, config=config, versions=versions)
+        html = env.get_template(t.name).render(manifest=manifest, config=config, versions=versions,
+                                               results=results)
         (tmp / t.name).write_text(html, encoding="utf-8")
     (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
 

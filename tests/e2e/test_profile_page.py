@@ -201,3 +201,20 @@ def test_live_quick_profile_redraws_the_page(browser, data):
         assert browser.blocked == [], "requests left 127.0.0.1"
     finally:
         page.close()
+
+
+def test_seed_001s_table_beside_the_committed_results(page, dist):
+    """The seed's rows beside this model's, as results.json (kvlab.results of the committed
+    results/quant.jsonl) has them: every figure on the page is the file's."""
+    res = json.loads((dist / "results.json").read_text())
+    got = page.evaluate("""() => [...document.querySelectorAll('#seed001-table tbody tr')].map((r) => ({
+        row: r.dataset.row, cells: [...r.cells].map((c) => c.textContent.trim()),
+        kl: r.querySelector('[data-kl]')?.dataset.kl, ratio: r.querySelector('[data-ratio]')?.dataset.ratio}))""")
+    assert [g["row"] for g in got] == [r["row"] for r in res["rows"]] == [
+        "FP32", "K4 + V16 + k128", "K4 + V4 + k128", "K3 + V4 + k128", "K4 + V2 + k128",
+        "K4 + V4 + k128 + PyramidKV (b=256)"]
+    for g, r in zip(got, res["rows"]):
+        assert g["cells"][0] == r["seed"]["config"]
+        assert float(g["kl"]) == pytest.approx(r["here"]["kl"]["mean"]) and float(g["ratio"]) == pytest.approx(
+            r["here"]["ratio_vs_fp32"])
+    assert got[2]["cells"][1:3] == ["6.4×", "+3.0 %"]  # the seed's K4 + V4 + k128
