@@ -435,7 +435,7 @@ static void store_entry(kv_layer *L, int p, int32_t h, int32_t e, const float *x
     kv_quantize_row(f, L->group, x, D, row);
     kv_dequantize_row(f, L->group, row, D, slot);
     if (L->rot[p]) kv_unrotate_row(slot, D);
-    if (collapsed) kv_collapse_stage(L, h, slot, pos);
+    if (collapsed) kv_collapse_stage(L, h, slot); // at pos: the residual's angles
 }
 
 // Position of entry e of head h during a commit that appends after its n live entries.

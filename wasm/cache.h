@@ -106,7 +106,7 @@ static inline int32_t kv_aged(const kv_layer *L, int p, int32_t h) { return L->l
 // collapse.c: collapsed keys' residuals (x, r, slot: (head_dim,))
 void kv_collapse_take_mean(kv_layer *L, int32_t h, const float *x, int32_t S, int32_t pos0);
 void kv_collapse_residual(const kv_layer *L, int32_t h, const float *x, int32_t pos, float *r);
-void kv_collapse_stage(const kv_layer *L, int32_t h, float *slot, int32_t pos);
+void kv_collapse_stage(const kv_layer *L, int32_t h, float *slot); // after kv_collapse_residual
 
 // cache.c: shrink a layer's staging and streams to fit its live entries (plus one slot of
 // room for the next decode step); never fails (a shrink that cannot return memory keeps it).

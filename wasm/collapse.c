@@ -26,20 +26,34 @@ void kv_rope_table(float theta, int32_t dim, float *inv) {
     for (int32_t j = 0; j < dim / 2; j++) inv[j] = (float)exp_f64(-ln_theta * (double)(2 * j) / (double)dim);
 }
 
-// One row x (dim,) turned by RoPE at position pos (inverse != 0: turned back) into y; y may
-// be x. Forward: y1 = x1 cos a - x2 sin a, y2 = x2 cos a + x1 sin a (x1 = x[j], x2 = x[j + dim/2]).
-void kv_rope_turn(const float *x, int32_t dim, const float *inv, int32_t pos, int32_t inverse, float *y) {
-    const int32_t half = dim / 2;
+// The angles' cos and sin at one position (c, s: (dim/2,) f64).
+static void rope_angles(int32_t dim, const float *inv, int32_t pos, double *c, double *s) {
     const float p = (float)pos;
-    for (int32_t j = 0; j < half; j++) {
+    for (int32_t j = 0; j < dim / 2; j++) {
         const float a = p * inv[j]; // the f32 product, as onnxruntime's Mul computes it
-        double s, c;
-        sincos_f64((double)a, &s, &c);
-        if (inverse) s = -s;
-        const double x1 = x[j], x2 = x[j + half];
-        y[j] = (float)(x1 * c - x2 * s);
-        y[j + half] = (float)(x2 * c + x1 * s);
+        sincos_f64((double)a, &s[j], &c[j]);
     }
+}
+
+// x (dim,) turned by the angles (c, s) (inverse != 0: turned back) into y; y may be x.
+// Forward: y1 = x1 cos a - x2 sin a, y2 = x2 cos a + x1 sin a (x1 = x[j], x2 = x[j + dim/2]).
+static void rope_apply(const float *x, int32_t dim, const double *c, const double *s, int32_t inverse, float *y) {
+    const int32_t half = dim / 2;
+    for (int32_t j = 0; j < half; j++) {
+        const double sn = inverse ? -s[j] : s[j];
+        const double x1 = x[j], x2 = x[j + half];
+        y[j] = (float)(x1 * c[j] - x2 * sn);
+        y[j + half] = (float)(x2 * c[j] + x1 * sn);
+    }
+}
+
+static double rope_c[2048], rope_s[2048]; // the angles of one position, shared by both turns
+
+// One row x (dim,) turned by RoPE at position pos (inverse != 0: turned back) into y; y may
+// be x.
+void kv_rope_turn(const float *x, int32_t dim, const float *inv, int32_t pos, int32_t inverse, float *y) {
+    rope_angles(dim, inv, pos, rope_c, rope_s);
+    rope_apply(x, dim, rope_c, rope_s, inverse, y);
 }
 
 static inline float *mean_of(const kv_layer *L, int32_t h) { return L->kmean + (size_t)h * kv.head_dim; }
@@ -117,18 +131,22 @@ void kv_collapse_take_mean(kv_layer *L, int32_t h, const float *x, int32_t S, in
     L->cmode[h] = 3;
 }
 
-// The residual of key x (head_dim,) at position pos: RoPE^-1(x, pos) - mu, into r.
+// The residual of key x (head_dim,) at position pos: RoPE^-1(x, pos) - mu, into r. The
+// position's angles stay for kv_collapse_stage, which turns the same entry back.
 void kv_collapse_residual(const kv_layer *L, int32_t h, const float *x, int32_t pos, float *r) {
     const int32_t D = kv.head_dim;
     const float *mu = mean_of(L, h);
-    kv_rope_turn(x, D, inv_of(L), pos, 1, r);
+    rope_angles(D, inv_of(L), pos, rope_c, rope_s);
+    rope_apply(x, D, rope_c, rope_s, 1, r);
     for (int32_t j = 0; j < D; j++) r[j] -= mu[j];
 }
 
-// The staged key from the residual as held, in place: slot = RoPE(mu + slot, pos).
-void kv_collapse_stage(const kv_layer *L, int32_t h, float *slot, int32_t pos) {
+// The staged key from the residual as held, in place: slot = RoPE(mu + slot, pos) at the
+// position of the last kv_collapse_residual call (the same entry's, just before: its
+// angles are reused).
+void kv_collapse_stage(const kv_layer *L, int32_t h, float *slot) {
     const int32_t D = kv.head_dim;
     const float *mu = mean_of(L, h);
     for (int32_t j = 0; j < D; j++) slot[j] += mu[j];
-    kv_rope_turn(slot, D, inv_of(L), pos, 0, slot);
+    rope_apply(slot, D, rope_c, rope_s, 0, slot);
 }
