@@ -237,9 +237,11 @@ def _profile(args) -> int:
         if not args.json:
             print(f"\r{ev['stage']:<32} {ev['done']}/{ev['total']} runs", end="", file=sys.stderr, flush=True)
 
+    from .store import StoreError
+
     try:
         res = profile(engine, texts, settings, on_progress=show)
-    except ProfileError as e:
+    except (ProfileError, StoreError) as e:  # StoreError: a store call failed (e.g. out of memory)
         return _fail(str(e), 2)
     text = json.dumps(res, indent=1)
     if args.out:
