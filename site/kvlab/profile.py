@@ -401,7 +401,7 @@ class _Profiler:
                 copied += self.store.argmax(table.logits, self.vocab) == d
                 for li, lay in enumerate(table.layers):
                     self.store.call("kv_range_sums", lay.attn, H, lay.P + 1, span, span + len(digits),
-                          self.sums + 4 * li * H)
+                                    self.sums + 4 * li * H)
                 sums = _f32(m, self.sums, L * H)
                 for li in range(L):
                     for h in range(H):

@@ -175,8 +175,8 @@ class KVStore:
         """Collapse one KV head's keys (seed 000): each is stored as its residual from one
         mean pre-RoPE key, in the head's K format (``none``: the mean alone), and staged as
         RoPE(mean + residual) at its position with base ``theta``. ``mean``: head_dim floats
-        (e.g. the profile's), or None for the mean of the keys of the first run that fills
-        the head (the prompt's). ``off`` uncollapses it. After ``configure`` /
+        (e.g. the profile's), or None for the mean of the keys of the first run committed
+        after this call or a reset (the prompt's first run). ``off`` uncollapses it. After ``configure`` /
         ``configure_head`` (``configure`` clears it), while the layer holds no tokens."""
         if off:
             self.call("kv_collapse", layer, head, float(theta), -1)
