@@ -56,6 +56,8 @@ def test_every_metric_agrees(both):
     for name, w in worst.items():
         if name != "layer_sensitivity":
             assert w <= ABS, (name, w)
+    mu_n, mu_b = np.array(native["key_means"]["values"]), np.array(live["key_means"]["values"])
+    assert np.abs(mu_n - mu_b).max() <= ABS * max(1.0, np.abs(mu_n).max())  # collapse's mean keys too
     a = np.array(native["metrics"]["layer_sensitivity"]["values"])
     b = np.array(live["metrics"]["layer_sensitivity"]["values"])
     np.testing.assert_allclose(b, a, rtol=KL_REL, atol=ABS)

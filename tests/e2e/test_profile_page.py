@@ -14,6 +14,7 @@ import re
 from pathlib import Path
 from urllib.parse import urlsplit
 
+import numpy as np
 import pytest
 
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
@@ -166,9 +167,17 @@ def test_nothing_leaves_127_0_0_1(page, browser):
 
 # ---- live: the same profiler in this browser ----------------------------------------------------
 
-def test_live_quick_profile_redraws_the_page(browser, data):
+def test_live_quick_profile_redraws_the_page(browser, data, engine, dist):
+    """The live run redraws every map with its own numbers: those of the same quick profile
+    run natively (the runtimes agree within float noise: test_profile_agreement.py)."""
+    from dataclasses import replace
+
+    from kvlab.profile import Settings, profile
+
     page = open_profile_page(browser, "?profile=quick", name="live")
     try:
+        quick = json.loads(page.get_attribute("#live-run", "data-quick"))
+        native = profile(engine, json.loads((dist / "profile_texts.json").read_text()), replace(Settings(), **quick))
         assert page.evaluate("typeof window.kvlab?.start === 'function' && typeof window.kvlab?.profile === 'function'"), \
             "boot.js has no kvlab.start / kvlab.profile"
         page.click("#live-run")
@@ -191,6 +200,10 @@ def test_live_quick_profile_redraws_the_page(browser, data):
         pre = data["profile"]["metrics"]
         # a 128-token context attends differently from the builder's 512: the maps were redrawn
         assert drawn["entropy"]["values"] != pre["entropy"]["values"]
+        for name in HEATMAPS:  # ... with the live profile's numbers
+            want = np.array(as_grid(native["metrics"][name]))
+            tol = 1e-3 * np.abs(want) + 2e-5 if name == "layer_sensitivity" else 2e-5
+            assert np.all(np.abs(np.array(drawn[name]["values"]) - want) <= tol), name
 
         # the toggle goes back to the builder's profile, numbers and all
         page.check('input[name="view"][value="precomputed"]')
