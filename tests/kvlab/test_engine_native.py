@@ -103,3 +103,36 @@ def test_a_policy_does_not_leak_into_the_next_request(engine):
     engine.generate(Request(prompt="Hello there", max_new_tokens=3, ignore_eos=True, policy=Q4))
     again = engine.generate(Request(prompt="Hello there", max_new_tokens=3, ignore_eos=True))
     assert again["cache_bytes"] == full["cache_bytes"] == full["fp32_bytes"]
+
+
+def test_the_context_edge_is_exact(engine):
+    """A prompt and max_new_tokens that need exactly the model's 8,192 positions are taken;
+    one position more is refused before anything runs (the last token is sampled, never fed)."""
+    import pydoc_data.topics as topics
+
+    ctx = engine.config["context"]
+    text = "\n".join(topics.topics[k] for k in sorted(topics.topics))[:30000]
+    n_prompt = len(engine.prompt_ids(Request(prompt=text)))
+    assert 1 < n_prompt < ctx
+    ids, _ = engine.check(Request(prompt=text, max_new_tokens=ctx - n_prompt + 1))
+    assert len(ids) + (ctx - n_prompt + 1) - 1 == ctx
+    with pytest.raises(InputError, match=f"more than the model's context of {ctx}"):
+        engine.check(Request(prompt=text, max_new_tokens=ctx - n_prompt + 2))
+
+
+def test_out_of_memory_is_a_clear_error_and_the_store_recovers(bundle):
+    """A store capped below what a prompt needs: StoreError saying so, nothing half-held;
+    lifted, the same engine generates as an uncapped one."""
+    from kvlab.host.native import NativeHost
+    from kvlab.store import StoreError
+
+    e = Engine(NativeHost(bundle))
+    e.store.set_limit(e.store.heap_bytes() + (2 << 20))  # 2 MiB more: far less than 600 tokens' fp32
+    import pydoc_data.topics as topics
+
+    with pytest.raises(StoreError, match="out of memory"):
+        e.generate(Request(prompt=topics.topics["assert"] * 3, max_new_tokens=2))
+    assert e.store.bytes() == 0 and e.store.tokens(-1) == 0
+    e.store.set_limit(0)
+    req = Request(prompt="Keep me.", max_new_tokens=4, ignore_eos=True)
+    assert e.generate(req)["ids"] == Engine(NativeHost(bundle)).generate(req)["ids"]
