@@ -105,6 +105,16 @@ KV_EXPORT(kv_collapsed) int32_t kv_collapsed(int32_t layer, int32_t head) {
     return kv.layer[layer].cmode[head];
 }
 
+// Every KV head's collapse mode (as kv_collapsed), in one call: (n_layers, kv_heads) i32 at
+// dst. Returns the words written.
+KV_EXPORT(kv_collapse_map) int32_t kv_collapse_map(int32_t dst) {
+    if (!kv.ready) return KV_ESTATE;
+    int32_t *out = (int32_t *)(uintptr_t)(uint32_t)dst, w = 0;
+    for (int32_t l = 0; l < kv.n_layers; l++)
+        for (int32_t h = 0; h < kv.n_kv_heads; h++) out[w++] = kv.layer[l].cmode[h];
+    return w;
+}
+
 // Copy a collapsed head's mean pre-RoPE key (head_dim f32) to dst; KV_EINVAL if the head
 // is not collapsed. (Mode 2: zeros until the first step; mode 3: that step's mean.)
 KV_EXPORT(kv_collapse_mean) int32_t kv_collapse_mean(int32_t layer, int32_t head, int32_t dst) {

@@ -201,8 +201,17 @@ class KVStore:
         return self.call("kv_collapsed", layer, head)
 
     def collapsed_map(self) -> list[list[int]]:
-        """Per layer, per KV head: 1 if its keys are collapsed, else 0."""
-        return [[int(self.collapsed(layer, h) != 0) for h in range(self.n_kv_heads)] for layer in range(self.n_layers)]
+        """Per layer, per KV head: 1 if its keys are collapsed, else 0 (one call: the meter
+        reads it at every token)."""
+        n = self.n_layers * self.n_kv_heads
+        ptr = self.alloc(4 * n)
+        try:
+            self.call("kv_collapse_map", ptr)
+            w = struct.unpack(f"<{n}i", self.module.read(ptr, 4 * n))
+        finally:
+            self.free(ptr)
+        H = self.n_kv_heads
+        return [[int(w[layer * H + h] != 0) for h in range(H)] for layer in range(self.n_layers)]
 
     def collapse_mean(self, layer: int, head: int) -> list[float]:
         """A collapsed head's mean pre-RoPE key (head_dim floats)."""

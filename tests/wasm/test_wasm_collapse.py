@@ -109,6 +109,7 @@ def test_collapsed_heads_hold_residuals_and_stage_them_at_their_positions(wasm_p
     s.collapse(0, 1, THETA, fl.mu[0, 1])
     s.collapse(1, 2, THETA, None)
     assert (s.collapsed(0, 1), s.collapsed(1, 2), s.collapsed(0, 0)) == (1, 2, 0)
+    assert s.collapsed_map() == [[0, 1, 0], [0, 0, 1]]  # kv_collapse_map: every head in one call
     for S in (37, 1, 20):
         fl.step(S)
     pos = np.arange(58)
