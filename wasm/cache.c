@@ -419,7 +419,7 @@ static float resid[4096]; // (head_dim,) a collapsed key's residual
 
 // One entry e of head h (at position pos) into part p's format from x (D,), and its value
 // as the cache now holds it into the staging slot. A collapsed key stores its residual.
-static void store_entry(kv_layer *L, int p, int32_t h, int32_t e, const float *x, int32_t pos) {
+void kv_store_entry(kv_layer *L, int p, int32_t h, int32_t e, const float *x, int32_t pos) {
     const int32_t D = kv.head_dim, f = L->fmt[p][h];
     const int collapsed = p == 0 && L->cmode[h];
     uint8_t *row = kv_row_at(L, p, h, e);
@@ -478,7 +478,7 @@ static void append_aging(kv_layer *L, int p, int32_t h, int32_t n, const float *
         for (int32_t i = 0; i < aged; i += L->group) store_block(L, p, h, e0 + i, f, x, i);
     else
         for (int32_t i = 0; i < aged; i++)
-            store_entry(L, p, h, e0 + i, waiting(L, p, h, f, x, i), commit_pos(L, h, e0 + i, n));
+            kv_store_entry(L, p, h, e0 + i, waiting(L, p, h, f, x, i), commit_pos(L, h, e0 + i, n));
     float *res = L->res[p] + (size_t)h * L->rcap[p] * D;
     if (aged && aged < f) __builtin_memmove(res, res + (size_t)aged * D, 4ull * (f - aged) * D);
     for (int32_t i = aged > f ? aged : f; i < c; i++) {
@@ -657,7 +657,7 @@ KV_EXPORT(kv_step_commit) int32_t kv_step_commit(int32_t S) {
                 if (p == 0 && L->cmode[h] == 2) kv_collapse_take_mean(L, h, x, S, kv.appended);
                 if (L->rcap[p]) append_aging(L, p, h, n, x, S);
                 else
-                    for (int32_t s = 0; s < S; s++) store_entry(L, p, h, n + s, x + (size_t)s * D, kv.appended + s);
+                    for (int32_t s = 0; s < S; s++) kv_store_entry(L, p, h, n + s, x + (size_t)s * D, kv.appended + s);
             }
             for (int32_t s = 0; s < S; s++) {
                 L->mask[(size_t)h * L->pcap + n + s] = 0.0f;

@@ -108,6 +108,10 @@ void kv_collapse_take_mean(kv_layer *L, int32_t h, const float *x, int32_t S, in
 void kv_collapse_residual(const kv_layer *L, int32_t h, const float *x, int32_t pos, float *r);
 void kv_collapse_stage(const kv_layer *L, int32_t h, float *slot); // after kv_collapse_residual
 
+// cache.c: entry e of head h (at position pos) into part p's format from x (head_dim,),
+// and staged as the cache then holds it (rotation, collapse, quantization as configured).
+void kv_store_entry(kv_layer *L, int p, int32_t h, int32_t e, const float *x, int32_t pos);
+
 // cache.c: shrink a layer's staging and streams to fit its live entries (plus one slot of
 // room for the next decode step); never fails (a shrink that cannot return memory keeps it).
 void kv_fit_layer(kv_layer *L);

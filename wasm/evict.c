@@ -17,12 +17,15 @@
 #define INF (__builtin_inff())
 
 enum {
-    KV_SCORE_ATTN = 0,   // += attention summed over the KV head's query group (H2O; held)
+    KV_SCORE_ATTN = 0,   // += kernel × attention summed over the KV head's query group (H2O
+                         // with kernel 1; a growing kernel weights later steps higher; held)
     KV_SCORE_WINDOW = 1, // SnapKV: the last step's queries, mean, average-pooled, group mean
     KV_SCORE_LAST = 2,   // TOVA: the last step's attention, mean over every query head
     KV_SCORE_KNORM = 3,  // minus the L2 norm of the staged key (K-norm)
     KV_SCORE_RECENT = 4, // the original position: newer ranks higher (StreamingLLM)
-    KV_N_SCORES = 5,
+    KV_SCORE_MAX = 5,    // the largest, over steps, of the group's mean attention per query
+                         // in a step: (sum over group and queries) / (S · G) (held)
+    KV_N_SCORES = 6,
 };
 
 // ---------------------------------------------------------------------------------------
@@ -73,7 +76,12 @@ static void score_layer(kv_layer *L, int32_t kind, int32_t kernel, const float *
             switch (kind) {
             case KV_SCORE_ATTN:
                 for (int32_t q = h * G; q < (h + 1) * G; q++) s += attn[(size_t)q * T + column(L, h, e)];
-                s += sc[e];
+                s = s * (float)kernel + sc[e];
+                break;
+            case KV_SCORE_MAX:
+                for (int32_t q = h * G; q < (h + 1) * G; q++) s += attn[(size_t)q * T + column(L, h, e)];
+                s = s / (S * (float)G);
+                if (!(s > sc[e])) s = sc[e];
                 break;
             case KV_SCORE_WINDOW:
                 if (e >= m) {
@@ -110,19 +118,21 @@ static void score_layer(kv_layer *L, int32_t kind, int32_t kernel, const float *
 }
 
 // Score every live entry of a layer (-1: all layers) with one scorer (KV_SCORE_*). kernel:
-// SnapKV's pooling width (odd, >= 1). weights: 0, or (q_heads,) f32 per layer ((n_layers,
+// SnapKV's pooling width (odd, >= 1); ATTN's weight of this step (>= 1). weights: 0, or (q_heads,) f32 per layer ((n_layers,
 // q_heads) for layer -1): WINDOW then weighs the chosen query heads and gives every KV head
 // of the layer the same scores. The attention scorers need the last step's outputs
 // (KV_ESTATE after an eviction or before any step); shared scores need heads that hold
-// the same entries (KV_ESTATE). Scores live until kv_select (ATTN: across steps, counted
-// in kv_bytes(., 2)). KV_ENOMEM if the score lists cannot be allocated; nothing changed.
+// the same entries (KV_ESTATE). Scores live until kv_select (ATTN, MAX: across steps,
+// counted in kv_bytes(., 2)). KV_ENOMEM if the score lists cannot be allocated; nothing changed.
 KV_EXPORT(kv_score) int32_t kv_score(int32_t layer, int32_t kind, int32_t kernel, int32_t weights) {
     if (!kv.ready) return KV_ESTATE;
     if (layer < -1 || layer >= kv.n_layers || kind < 0 || kind >= KV_N_SCORES) return KV_EINVAL;
     if (kind == KV_SCORE_WINDOW && (kernel < 1 || kernel % 2 == 0)) return KV_EINVAL;
     const int32_t lo = layer < 0 ? 0 : layer, hi = layer < 0 ? kv.n_layers : layer + 1, Q = kv.n_q_heads;
     const float *wt = (const float *)(uintptr_t)(uint32_t)weights;
-    const int needs_attn = kind <= KV_SCORE_LAST;
+    if (kind == KV_SCORE_ATTN && kernel < 1) return KV_EINVAL;
+    const int needs_attn = kind <= KV_SCORE_LAST || kind == KV_SCORE_MAX;
+    const int held = kind == KV_SCORE_ATTN || kind == KV_SCORE_MAX;
     for (int32_t l = lo; l < hi; l++) {
         const kv_layer *L = &kv.layer[l];
         if (needs_attn && (!L->step_ok || kv.last_S < 1)) return KV_ESTATE;
@@ -159,13 +169,24 @@ KV_EXPORT(kv_score) int32_t kv_score(int32_t layer, int32_t kind, int32_t kernel
     for (int32_t l = lo; l < hi; l++) { // cannot fail from here
         kv_layer *L = &kv.layer[l];
         if (L->score_held < 0) L->score_held = 0;
-        if (kind == KV_SCORE_ATTN && !L->score_held) { // a held accumulation starts at zero
+        if (held && !L->score_held) { // a held accumulation starts at zero
             __builtin_memset(L->score, 0, 4ull * kv.n_kv_heads * L->ccap);
             L->score_held = 1;
         }
         if (L->score) score_layer(L, kind, kernel, wt ? wt + (size_t)(l - lo) * Q : 0);
     }
     return KV_OK;
+}
+
+// Write one head's scores (entry order, f32) to dst; returns how many (its live entries),
+// or KV_ESTATE while the layer holds no scores.
+KV_EXPORT(kv_scores) int32_t kv_scores(int32_t layer, int32_t head, int32_t dst) {
+    if (!kv.ready) return KV_ESTATE;
+    if (layer < 0 || layer >= kv.n_layers || head < 0 || head >= kv.n_kv_heads || !dst) return KV_EINVAL;
+    const kv_layer *L = &kv.layer[layer];
+    if (!L->score) return KV_ESTATE;
+    __builtin_memcpy((void *)(uintptr_t)(uint32_t)dst, L->score + (size_t)head * L->ccap, 4ull * L->live[head]);
+    return L->live[head];
 }
 
 // Stop holding accumulated scores (a layer, -1 all): their memory goes back to the heap.
@@ -403,6 +424,130 @@ KV_EXPORT(kv_evict) int32_t kv_evict(int32_t layer, int32_t head, int32_t keep_p
     settle_layer(L);
     kv_mfree(keep);
     return live - n;
+}
+
+// ---------------------------------------------------------------------------------------
+// Summaries: a span of positions replaced by one entry (seed 004's chunk summaries)
+// ---------------------------------------------------------------------------------------
+
+enum {
+    KV_SUM_MEAN = 0,     // K and V: the mean of the span's staged rows (post-RoPE keys)
+    KV_SUM_ZERO_KEY = 1, // K = 0 (every query gives it logit 0), V: the mean
+    KV_SUM_ZERO = 2,     // K = 0 and V = 0: an entry that only occupies its place
+    KV_N_SUMS = 3,
+};
+
+static float summary[2][4096]; // (head_dim,) the K and V of one summary
+
+// Replace the entries of head h whose positions lie in each span [lo, hi) (n spans of
+// three i32 at sp: lo, hi, at) by one entry at position `at`: its K and V are the mean of
+// the replaced entries' staged rows (f64 sums in entry order, one f32 rounding) or zeros
+// (mode), put into the head's formats like any new entry (so a quantized head's summary
+// is quantized, a collapsed key stores its residual at `at`). Sets keep[] for compaction;
+// returns the entries removed.
+static int32_t summarize_head(kv_layer *L, int32_t h, const int32_t *sp, int32_t n, int32_t mode, uint8_t *keep) {
+    const int32_t D = kv.head_dim, live = L->live[h];
+    int32_t removed = 0, e = 0;
+    __builtin_memset(keep, 1, (size_t)live);
+    for (int32_t i = 0; i < n; i++) {
+        const int32_t lo = sp[3 * i], hi = sp[3 * i + 1], at = sp[3 * i + 2];
+        while (e < live && kv_entry_pos(L, h, e) < lo) e++;
+        int32_t e1 = e;
+        while (e1 < live && kv_entry_pos(L, h, e1) < hi) e1++;
+        if (e1 == e) continue; // this head keeps nothing there
+        for (int p = 0; p < 2; p++) {
+            float *x = summary[p];
+            if (mode == KV_SUM_ZERO || (p == 0 && mode == KV_SUM_ZERO_KEY)) {
+                __builtin_memset(x, 0, 4ull * D);
+                continue;
+            }
+            for (int32_t d = 0; d < D; d++) {
+                double acc = 0.0;
+                for (int32_t j = e; j < e1; j++) acc += (double)L->stage[p][((size_t)h * L->pcap + j) * D + d];
+                x[d] = (float)(acc / (double)(e1 - e));
+            }
+        }
+        for (int p = 0; p < 2; p++) {
+            if (e < kv_aged(L, p, h)) {
+                kv_store_entry(L, p, h, e, summary[p], at);
+            } else { // inside an aging window: it waits exact, like the entries it replaces
+                float *res = L->res[p] + ((size_t)h * L->rcap[p] + (e - kv_aged(L, p, h))) * D;
+                __builtin_memcpy(res, summary[p], 4ull * D);
+                __builtin_memcpy(L->stage[p] + ((size_t)h * L->pcap + e) * D, summary[p], 4ull * D);
+            }
+        }
+        if (L->score) { // a held score (H2O's attention) is the span's total
+            float *sc = L->score + (size_t)h * L->ccap, t = 0.0f;
+            for (int32_t j = e; j < e1; j++) t += sc[j];
+            sc[e] = t;
+        }
+        L->pos[(size_t)h * L->ccap + e] = at;
+        for (int32_t j = e + 1; j < e1; j++) keep[j] = 0;
+        removed += e1 - e - 1;
+        e = e1;
+    }
+    return removed;
+}
+
+// Replace spans of positions by one summary entry each, in every KV head of a layer (-1:
+// all layers): sp holds n spans (lo, hi, at) as i32, ascending and disjoint (lo < hi <=
+// next lo, hi <= tokens appended), with lo <= at < hi: the summary's position (the cache map and the position
+// list show it there; its key is whatever the mode makes it, never re-rotated). A head
+// that keeps no entry in a span is left as it is there. mode: KV_SUM_*. KV_ESTATE on a
+// per-channel part (its blocks span entries: a summary cannot replace part of one);
+// KV_ENOMEM (nothing changed) if the scratch or a position list cannot be allocated.
+// Cancels an open step. Returns the entries removed.
+KV_EXPORT(kv_summarize) int32_t kv_summarize(int32_t layer, int32_t spans, int32_t n, int32_t mode) {
+    if (!kv.ready) return KV_ESTATE;
+    if (layer < -1 || layer >= kv.n_layers || n < 0 || (n && !spans) || mode < 0 || mode >= KV_N_SUMS)
+        return KV_EINVAL;
+    if (kv.head_dim > 4096) return KV_EINVAL;
+    const int32_t *sp = (const int32_t *)(uintptr_t)(uint32_t)spans, H = kv.n_kv_heads;
+    for (int32_t i = 0; i < n; i++) {
+        const int32_t lo = sp[3 * i], hi = sp[3 * i + 1], at = sp[3 * i + 2];
+        if (lo < 0 || hi <= lo || hi > kv.appended || at < lo || at >= hi || (i && lo < sp[3 * i - 2]))
+            return KV_EINVAL;
+    }
+    const int32_t l0 = layer < 0 ? 0 : layer, l1 = layer < 0 ? kv.n_layers : layer + 1;
+    int32_t most = 0;
+    for (int32_t l = l0; l < l1; l++) {
+        const kv_layer *L = &kv.layer[l];
+        if (L->axis[0] || L->axis[1]) return KV_ESTATE;
+        for (int32_t h = 0; h < H; h++) most = L->live[h] > most ? L->live[h] : most;
+    }
+    if (!n || !most) return 0;
+    // ---- allocate first: the flags, and the position lists of layers that have none
+    uint8_t *keep = kv_malloc((size_t)most);
+    int32_t **made = kv_malloc(sizeof(int32_t *) * (size_t)kv.n_layers);
+    int failed = !keep || !made;
+    for (int32_t l = 0; l < kv.n_layers && made; l++) {
+        made[l] = 0;
+        if (!failed && l >= l0 && l < l1 && !kv.layer[l].pos && !(made[l] = identity_positions(&kv.layer[l])))
+            failed = 1;
+    }
+    if (failed) {
+        for (int32_t l = 0; l < kv.n_layers && made; l++) kv_mfree(made[l]);
+        kv_mfree(made);
+        kv_mfree(keep);
+        return KV_ENOMEM;
+    }
+    for (int32_t l = 0; l < kv.n_layers; l++)
+        if (made[l]) kv.layer[l].pos = made[l];
+    kv_mfree(made);
+    // ---- summarize and compact (cannot fail from here)
+    int32_t removed = 0;
+    kv.open_S = 0;
+    for (int32_t l = l0; l < l1; l++) {
+        kv_layer *L = &kv.layer[l];
+        for (int32_t h = 0; h < H; h++) {
+            int32_t r = summarize_head(L, h, sp, n, mode, keep);
+            if (r) compact_head(L, h, keep);
+            removed += r;
+        }
+        settle_layer(L);
+    }
+    kv_mfree(keep);
+    return removed;
 }
 
 // ---------------------------------------------------------------------------------------

@@ -22,7 +22,7 @@
 #define KV_EXPORT(name) __attribute__((export_name(#name), visibility("default")))
 
 // ABI version: bump when an export, the step table or a byte layout changes.
-#define KV_VERSION 7
+#define KV_VERSION 8
 
 // ---------------------------------------------------------------------------------------
 // Error codes (mirrored in site/kvlab/formats.py: ERRORS)

@@ -1,9 +1,9 @@
 """The command line (later issues and outside checks rely on it exactly).
 
   python -m kvlab tokenize TEXT                      → JSON list of token ids
-  python -m kvlab generate --prompt TEXT [--chat] [--max-new-tokens N] [--policy JSON]
+  python -m kvlab generate --prompt TEXT [--question TEXT] [--chat] [--max-new-tokens N] [--policy JSON]
                            [--temperature T] [--top-k K] [--top-p P] [--seed S] [--json]
-  python -m kvlab cachemap --prompt TEXT [--chat] [--max-new-tokens N] [--policy JSON] [--json]
+  python -m kvlab cachemap --prompt TEXT [--question TEXT] [--chat] [--max-new-tokens N] [--policy JSON] [--json]
                                                      → per layer and KV head, the positions kept
   python -m kvlab techniques                         → the registry, as JSON
   python -m kvlab eval --policy JSON --task TASK [--context N] [--seed S] [--n N]
@@ -53,6 +53,8 @@ def _parser() -> argparse.ArgumentParser:
 
     g = sub.add_parser("generate", help="generate text through the compressed cache")
     g.add_argument("--prompt", required=True)
+    g.add_argument("--question", default="", help="read right after the prompt as its question (chunks and "
+                   "importance read it apart, to route by its attention)")
     g.add_argument("--chat", action="store_true", help="wrap the prompt in the chat template")
     g.add_argument("--max-new-tokens", type=int, default=64)
     g.add_argument("--policy", default="{}", help='JSON, e.g. \'{"quant": {"k_bits": 4, "v_bits": 8}}\'')
@@ -65,6 +67,7 @@ def _parser() -> argparse.ArgumentParser:
 
     c = sub.add_parser("cachemap", help="read a prompt under a policy; print which positions each KV head keeps")
     c.add_argument("--prompt", required=True)
+    c.add_argument("--question", default="", help="read right after the prompt as its question")
     c.add_argument("--chat", action="store_true", help="wrap the prompt in the chat template")
     c.add_argument("--policy", default="{}", help="JSON policy")
     c.add_argument("--max-new-tokens", type=int, default=1,
@@ -139,8 +142,8 @@ def main(argv: list[str] | None = None) -> int:
         host = NativeHost(args.artifacts or default_dir(), simd=not args.scalar, threads=args.threads)
         engine = Engine(host, profile=_head_profile(args))
         if args.command == "cachemap":
-            res = engine.generate(Request(prompt=args.prompt, chat=args.chat, max_new_tokens=args.max_new_tokens,
-                                          policy=args.policy))
+            res = engine.generate(Request(prompt=args.prompt, question=args.question, chat=args.chat,
+                                          max_new_tokens=args.max_new_tokens, policy=args.policy))
             out = {k: res[k] for k in ("prompt_ids", "ids", "policy", "eviction", "cache_bytes", "index_bytes",
                                        "savings")} | engine.cache_map()
             if args.json:
@@ -150,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"layer {i:2d} kept {out['kept'][i]}  {row}")
             return 0
         req = Request(
-            prompt=args.prompt, chat=args.chat, max_new_tokens=args.max_new_tokens,
+            prompt=args.prompt, question=args.question, chat=args.chat, max_new_tokens=args.max_new_tokens,
             policy=args.policy, temperature=args.temperature, top_k=args.top_k,
             top_p=args.top_p, seed=args.seed, ignore_eos=args.ignore_eos,
         )

@@ -42,6 +42,9 @@ class Request:
     """One generation request, as the CLI and the page's ``kvlab.generate`` take it."""
 
     prompt: str
+    #: read right after the prompt as its question (raw text; a technique that routes by
+    #: the question's attention reads it as a run of its own); "" = none named
+    question: str = ""
     chat: bool = False
     max_new_tokens: int = 64
     policy: object = None  # dict or JSON text; None / {} = full fp32 cache
@@ -75,10 +78,23 @@ class Engine:
     # ---- inputs ------------------------------------------------------------------------
 
     def prompt_ids(self, req: Request) -> list[int]:
+        """The prompt's ids, its question's (if any) appended: tokenized apart, as the
+        harness's tasks are, so the question's tokens are the last ``question_tokens``."""
         if not isinstance(req.prompt, str) or not req.prompt.strip():
             raise InputError("the prompt is empty: write some text to continue or a question to answer")
         text = render_chat([{"role": "user", "content": req.prompt}]) if req.chat else req.prompt
-        return self.tokenizer.encode(text)
+        return self.tokenizer.encode(text) + self.question_ids(req)
+
+    def question_ids(self, req: Request) -> list[int]:
+        if not isinstance(req.question, str):
+            raise InputError(f"the question must be text, got {req.question!r}")
+        if not req.question:
+            return []
+        if req.chat:
+            raise InputError("a question is read after a raw prompt; with chat, write it inside the prompt")
+        if not req.question.strip():
+            raise InputError("the question is only blanks: write one, or leave it empty")
+        return self.tokenizer.encode(req.question)
 
     def apply(self, policy) -> Applied:
         """A policy (dict or JSON text, validated here) applied to this model and profile;
@@ -173,7 +189,8 @@ class Engine:
         store.seed(req.seed)
 
         t0 = now()
-        logits = yield from self.runs(ids, 0, pol, "prompt")  # read the prompt
+        question = len(self.question_ids(req))
+        logits = yield from self.runs(ids, 0, pol, "prompt", question=question)  # read the prompt
         pos = len(ids)
         prefill_ms = now() - t0
 
@@ -230,28 +247,34 @@ class Engine:
             "store": host.variant,
         }
 
-    def runs(self, ids: list[int], start: int, pol: Applied, phase: str = "prompt", on_run=None):
+    def runs(self, ids: list[int], start: int, pol: Applied, phase: str = "prompt", on_run=None,
+             question: int = 0):
         """Feed tokens at positions start.. through the model in the runs the policy plans:
         a generator that yields each model run (use with ``yield from``); returns the
         logits pointer. phase "prompt": the feed is a prompt (its last run ends it, and
-        one-shot techniques compress then); "decode": anything after it. ``on_run(table)``
-        is called after each run (progress bars)."""
+        one-shot techniques compress then); "decode": anything after it. ``question``: the
+        prompt's last tokens that are its question (0: none named). ``on_run(table)`` is
+        called after each run (progress bars)."""
         table, i = None, 0
-        for n in pol.plan(len(ids), phase):
-            table = yield from self.step(ids[i:i + n], start + i, pol, phase, last=i + n == len(ids))
+        plan = pol.plan(len(ids), phase, question)
+        apart = phase == "prompt" and pol.asks_question() and len(plan) > 1
+        for n in plan:
+            last = i + n == len(ids)
+            table = yield from self.step(ids[i:i + n], start + i, pol, phase, last=last, question=apart and last)
             i += n
             if on_run is not None:
                 on_run(table)
         return table.logits
 
-    def step(self, ids: list[int], start: int, pol: Applied, phase: str = "prompt", last: bool = True):
+    def step(self, ids: list[int], start: int, pol: Applied, phase: str = "prompt", last: bool = True,
+             question: bool = False):
         """One model run of ``ids`` at positions start.. (no chunking): a generator that
         yields the run; returns its step table, whose outputs (logits, attn, entropy) stay
         readable until the next run."""
         table = self.store.step_begin(len(ids))
         yield ids, list(range(start, start + len(ids))), table
         self.store.step_commit(len(ids))
-        pol.after_step(self.store, Step(start, len(ids), phase, last))
+        pol.after_step(self.store, Step(start, len(ids), phase, last, question))
         return table
 
     # ---- what the meter shows ------------------------------------------------------------

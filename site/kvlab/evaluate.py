@@ -85,10 +85,11 @@ class _Pass:
         self.pos = 0
         self.logits = 0  # pointer to the last position's logits (store memory): (vocab,) f32
 
-    def feed(self, ids: list[int], phase: str = "decode"):
+    def feed(self, ids: list[int], phase: str = "decode", question: int = 0):
         """Read ids at the next positions: a generator of model runs (``yield from``).
-        phase "prompt": they end a prompt (one-shot techniques compress after them)."""
-        self.logits = yield from self.engine.runs(ids, self.pos, self.pol, phase)
+        phase "prompt": they end a prompt (one-shot techniques compress after them), whose
+        last ``question`` tokens are its question."""
+        self.logits = yield from self.engine.runs(ids, self.pos, self.pol, phase, question=question)
         self.pos += len(ids)
         return self.logits
 
@@ -241,7 +242,32 @@ def _read(run: _Run, p: _Pass, ids: list[int], question_at: int):
         yield from p.feed(ids[:question_at], "prompt")
         yield from p.feed(ids[question_at:])
     else:
-        yield from p.feed(ids, "prompt")
+        yield from p.feed(ids, "prompt", question=len(ids) - question_at)
+
+
+def _held(p: _Pass, fact: dict | None) -> dict:
+    """What the compressed cache holds of the fact an answer copies, right after the
+    prompt was read: ``kept``, the share of (layer, KV head) pairs keeping every token of
+    its code as an exact entry (a summary's position does not count), and, under
+    ``chunks``, ``routed``: whether those tokens lie in routed chunks or the exact sinks
+    and recent tokens (routing accuracy: right even when the answer is wrong)."""
+    if fact is None:
+        return {"kept": None}
+    store = p.store
+    lo, hi = fact["digits"]
+    rep = p.pol.report.get("chunks")
+    summaries = {s[2] for s in rep["summarized"]} if rep else set()
+    pairs = full = 0
+    for layer in range(store.n_layers):
+        row = store.keep_map(layer, hi)[lo:hi]
+        for h in range(store.n_kv_heads):
+            pairs += 1
+            full += all((int(c, 32) >> h) & 1 and lo + i not in summaries for i, c in enumerate(row))
+    out = {"kept": round(full / pairs, 4)}
+    if rep is not None:
+        spans = rep["routed"] + rep["exact"]
+        out["routed"] = all(any(a <= t < b for a, b in spans) for t in range(lo, hi))
+    return out
 
 
 def _ask(run: _Run, p: _Pass, item: tasklib.Item, ref: dict | None):
@@ -260,6 +286,7 @@ def _ask(run: _Run, p: _Pass, item: tasklib.Item, ref: dict | None):
         return got
 
     yield from _read(run, p, item.ids, item.question_at)
+    trace["held"] = [_held(p, tasklib.fact_of(item, item.key))]
     hop_ok, wrong_chain = True, False
     if item.hop:  # hop 1: the link number; hop 2: its code, asked with the model's digits
         got = yield from hop(0, stop=_sentence_ended)
@@ -272,6 +299,7 @@ def _ask(run: _Run, p: _Pass, item: tasklib.Item, ref: dict | None):
         # of 30 questions where the same question on the bare text gets 30 of 30
         p.restart()
         yield from _read(run, p, tasklib.hop_question(item, tok, named), item.question_at)
+        trace["held"].append(_held(p, tasklib.fact_of(item, item.hop)))
         got = yield from hop(1)
     else:
         got = yield from hop(0)
@@ -310,6 +338,11 @@ def _retrieval(run: _Run, pol, items: list[tasklib.Item], reuse_full: bool):
              "answer": mine["answer"], "correct": mine["correct"], "crossover": mine["crossover"],
              "answer_full": full["answer"], "correct_full": full["correct"],
              "crossover_full": full["crossover"]}
+        d["held"] = mine["held"]  # per hop: what the cache kept of the fact it needed
+        held = [x["kept"] for x in mine["held"] if x["kept"] is not None]
+        d["kept"] = min(held) if held else None  # None: the item names no such fact
+        if "routed" in mine["held"][0]:
+            d["routed"] = all(x["routed"] for x in mine["held"])
         if item.hop:
             d.update(hop=item.hop, named=mine["named"], named_full=full["named"],
                      hop_answer=mine["hop_answer"], hop_answer_full=full["hop_answer"])
@@ -395,7 +428,11 @@ def _evaluation(engine, task, pol, context, seed, n, positions, reuse, items, id
             qs, last = yield from _retrieval(run, pol, items, reuse)
             score = sum(q["correct"] for q in qs) / len(qs)
             score_full = sum(q["correct_full"] for q in qs) / len(qs)
+            routed = [q["routed"] for q in qs if "routed" in q]
+            held = [q["kept"] for q in qs if q["kept"] is not None]
             extra = {"questions": qs,
+                     "answer_kept": round(sum(held) / len(held), 4) if held else None,
+                     "routing_accuracy": round(sum(routed) / len(routed), 4) if routed else None,
                      "crossovers": sum(q["crossover"] for q in qs),
                      "misses": sum(not q["correct"] and not q["crossover"] for q in qs),
                      "crossovers_full": sum(q["crossover_full"] for q in qs)}

@@ -18,6 +18,7 @@ from typing import Any
 
 from . import formats
 from .techniques import REGISTRY, PolicyError
+from .techniques.base import QUESTION_FALLBACK
 
 #: prompt tokens per model run while reading: bounds the (S, P+S) attention buffers the
 #: graph allocates, at a small cost in speed
@@ -42,7 +43,7 @@ def parse_policy(policy: Any) -> dict[str, dict]:
     if unknown:
         raise PolicyError(f"unknown technique {unknown[0]!r}; known: {', '.join(REGISTRY)}")
     parsed = {name: t.validate(policy[name]) for name, t in REGISTRY.items() if name in policy}
-    evicting = [name for name in parsed if REGISTRY[name].family == "evict"]
+    evicting = [name for name in parsed if REGISTRY[name].family in ("evict", "structure")]
     if len(evicting) > 1:
         raise PolicyError(f"{' and '.join(evicting)} each choose which entries to keep: use one of them")
     for name, params in parsed.items():
@@ -67,12 +68,14 @@ class Step:
 
     start: position of its first token; S: its tokens; phase: "prompt" while a prompt is
     read, "decode" for everything after it; last: the run ends the prompt (one-shot
-    techniques compress now)."""
+    techniques compress now); question: the run is the prompt's question, read apart
+    (``Applied.plan``), so its attention is the question's alone."""
 
     start: int
     S: int
     phase: str
     last: bool
+    question: bool = False
 
 
 @dataclass
@@ -97,20 +100,32 @@ class Applied:
         for name, params in self.policy.items():
             REGISTRY[name].configure(store, params, self.ctx)
 
-    def plan(self, n: int, phase: str) -> list[int]:
-        """Model runs (their token counts) to feed n tokens: chunks of PREFILL_CHUNK, with the
-        tails the techniques ask for as runs of their own: a prompt's last ``prompt_tail``
-        tokens (SnapKV's observation window; their attention is then exact), and the last
-        ``chunk_tail`` tokens of every chunk (rolling TOVA's one-query attention)."""
+    def plan(self, n: int, phase: str, question: int = 0) -> list[int]:
+        """Model runs (their token counts) to feed n tokens: chunks of PREFILL_CHUNK (or of
+        the smallest ``prompt_run`` a technique asks for while a prompt is read), with the
+        tails the techniques ask for as runs of their own: a prompt's question (its last
+        ``question`` tokens, else QUESTION_FALLBACK) for a technique that reads it apart
+        (``question_tail``), else its last ``prompt_tail`` tokens (SnapKV's observation
+        window; their attention is then exact), and the last ``chunk_tail`` tokens of every
+        chunk (rolling TOVA's one-query attention)."""
         techniques = [(REGISTRY[name], params) for name, params in self.policy.items()]
-        tail = max((t.prompt_tail(p) for t, p in techniques), default=0) if phase == "prompt" else 0
+        tail, size = 0, PREFILL_CHUNK
+        if phase == "prompt":
+            tail = max((t.prompt_tail(p) for t, p in techniques), default=0)
+            if any(t.question_tail(p) for t, p in techniques):
+                tail = question or QUESTION_FALLBACK
+            size = min([PREFILL_CHUNK] + [t.prompt_run(p) for t, p in techniques if t.prompt_run(p)])
         if not 0 < tail < n:
             tail = 0
-        runs = plan_chunks(n - tail)
+        runs = plan_chunks(n - tail, size)
         every = max((t.chunk_tail(p) for t, p in techniques), default=0)
         if every:
             runs = [x for r in runs for x in ((r - every, every) if r > every else (r,))]
         return runs + [tail] if tail else runs
+
+    def asks_question(self) -> bool:
+        """A technique reads the prompt's question as a run of its own."""
+        return any(REGISTRY[name].question_tail(p) for name, p in self.policy.items())
 
     def eviction(self) -> dict | None:
         """What eviction did in this fill (technique, entries evicted, selections, notes),
@@ -125,6 +140,6 @@ class Applied:
             REGISTRY[name].after_step(store, params, self.ctx, step, self.report)
 
 
-def plan_chunks(n: int) -> list[int]:
-    """n tokens in runs of at most PREFILL_CHUNK."""
-    return [min(PREFILL_CHUNK, n - i) for i in range(0, n, PREFILL_CHUNK)]
+def plan_chunks(n: int, size: int = PREFILL_CHUNK) -> list[int]:
+    """n tokens in runs of at most ``size``."""
+    return [min(size, n - i) for i in range(0, n, size)]

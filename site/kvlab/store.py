@@ -256,14 +256,26 @@ class KVStore:
     # ---- eviction (wasm/evict.c): scorers, one selection, tools
 
     #: scorers of kv_score: what ranks an entry (higher = keep)
-    SCORE_ATTN, SCORE_WINDOW, SCORE_LAST, SCORE_KNORM, SCORE_RECENT = range(5)
+    SCORE_ATTN, SCORE_WINDOW, SCORE_LAST, SCORE_KNORM, SCORE_RECENT, SCORE_MAX = range(6)
 
     def score(self, kind: int, layer: int = -1, kernel: int = 1, weights: int = 0) -> None:
         """Score every live entry of a layer (-1: all) from the last step (see kv_score):
-        ATTN accumulates group attention across steps; WINDOW is SnapKV's pooled window
-        (``weights``: a pointer to (layers, q_heads) f32 to let chosen query heads decide
-        for the whole layer); LAST is TOVA's; KNORM and RECENT need no attention."""
+        ATTN accumulates group attention across steps (``kernel``: this step's whole-number
+        weight); MAX keeps the largest per-query group mean a step gave; WINDOW is SnapKV's
+        pooled window (``kernel``: its width; ``weights``: a pointer to (layers, q_heads)
+        f32 to let chosen query heads decide for the whole layer); LAST is TOVA's; KNORM
+        and RECENT need no attention."""
         self.call("kv_score", layer, kind, kernel, weights)
+
+    def scores(self, layer: int, head: int) -> list[float]:
+        """One head's scores, in entry order (after a ``score``; StoreError while none)."""
+        n = self.live(layer, head)
+        ptr = self.alloc(4 * max(1, n))
+        try:
+            got = self.call("kv_scores", layer, head, ptr)
+            return list(struct.unpack(f"<{got}f", self.module.read(ptr, 4 * got)))
+        finally:
+            self.free(ptr)
 
     def score_drop(self, layer: int = -1) -> None:
         """Free accumulated scores (H2O's), so they are no longer held."""
@@ -278,6 +290,25 @@ class KVStore:
         try:
             self.module.write(ptr, struct.pack(f"<{len(flat)}i", *flat))
             return self.call("kv_select", ptr, sinks, recent)
+        finally:
+            self.free(ptr)
+
+    #: what kv_summarize puts in a summary entry
+    SUMMARY_MODES = {"mean": 0, "zero_key": 1, "zero": 2}
+
+    def summarize(self, spans: list[tuple[int, int, int]], mode: str = "mean", layer: int = -1) -> int:
+        """Replace, in every KV head of a layer (-1: all), the entries whose positions lie
+        in each span (lo, hi, at) — ascending, disjoint, lo <= at < hi — by one entry at
+        position ``at``: the mean of their staged K and V ("mean"; seed 004's chunk summary),
+        a zero key with the mean value ("zero_key") or zeros ("zero"), in the head's formats.
+        Returns how many entries went."""
+        if not spans:
+            return 0
+        flat = [int(x) for span in spans for x in span]
+        ptr = self.alloc(4 * len(flat))
+        try:
+            self.module.write(ptr, struct.pack(f"<{len(flat)}i", *flat))
+            return self.call("kv_summarize", layer, ptr, len(spans), self.SUMMARY_MODES[mode])
         finally:
             self.free(ptr)
 

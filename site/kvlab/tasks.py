@@ -94,6 +94,9 @@ class Item:
     hop: str = ""  # multi-hop: the link number hop 1 must give (hop 2's key)
     texts: list = field(default_factory=list)  # filler texts used (name, sha256)
     question_at: int = 0  # where the question starts in ids (the text before it: filler + facts)
+    #: every fact in ids, in position order: {"key", "code", "start", "end" (its paragraph's
+    #: tokens), "digits": [lo, hi) the tokens of its code, what an answer copies}
+    facts: list = field(default_factory=list)
 
 
 # distinct draws, in draw order (never via a set: its order changes with PYTHONHASHSEED)
@@ -121,25 +124,43 @@ def _codes(rng: random.Random, n: int, share_digits: bool = True, avoid: tuple =
     return codes
 
 
-def _splice(tokenizer, filler: list[int], facts: list[tuple[float, str]], question: str) -> tuple[list[int], int]:
-    """Filler ids with each fact sentence inserted at its depth (at the next line break of
-    the filler, so no word is cut), then the question. Returns (ids, where the question
-    starts)."""
+def _code_tokens(tokenizer, ids: list[int], code: str) -> tuple[int, int]:
+    """[lo, hi) of the tokens of a paragraph's ids that spell its last ``code``."""
+    ends, text = [], ""
+    for t in ids:
+        text += tokenizer.decode([t])
+        ends.append(len(text))
+    a = text.rindex(code)
+    lo = next(i for i, e in enumerate(ends) if e > a)
+    hi = next(i for i, e in enumerate(ends) if e >= a + len(code)) + 1
+    return lo, hi
+
+
+def _splice(tokenizer, filler: list[int], facts: list[tuple[float, str, str, str]],
+            question: str) -> tuple[list[int], int, list[dict]]:
+    """Filler ids with each fact (depth, sentence, key, code) inserted at its depth (at the
+    next line break of the filler, so no word is cut), then the question. Returns (ids,
+    where the question starts, where each fact is: Item.facts)."""
     nl = [i + 1 for i, t in enumerate(filler) if "\n" in tokenizer.decode([t])]
     cuts = []
-    for depth, _ in facts:
+    for depth, *_ in facts:
         want = int(depth * len(filler))
         cuts.append(next((i for i in nl if i >= want), want))
     ids: list[int] = []
+    where: list[dict] = []
     prev = 0
-    for cut, (_, sentence) in sorted(zip(cuts, facts)):
+    for cut, (_, sentence, key, code) in sorted(zip(cuts, facts)):
         ids += filler[prev:cut]
-        ids += tokenizer.encode(FACT_WRAP.format(sentence))
+        para = tokenizer.encode(FACT_WRAP.format(sentence))
+        lo, hi = _code_tokens(tokenizer, para, code)
+        where.append({"key": key, "code": code, "start": len(ids), "end": len(ids) + len(para),
+                      "digits": [len(ids) + lo, len(ids) + hi]})
+        ids += para
         prev = cut
     ids += filler[prev:]
     question_at = len(ids)
     ids += tokenizer.encode(QUESTION_WRAP.format(question))
-    return ids, question_at
+    return ids, question_at, where
 
 
 def make_items(task: str, tokenizer, context: int, n: int, seed: int) -> list[Item]:
@@ -153,12 +174,12 @@ def make_items(task: str, tokenizer, context: int, n: int, seed: int) -> list[It
         depth = DEPTHS[q % len(DEPTHS)]
         if task == "needle":
             (key,), (code,) = _keys(rng, 1), _codes(rng, 1)
-            facts = [(depth, CODE_SENTENCE.format(key=key, code=code))]
+            facts = [(depth, CODE_SENTENCE.format(key=key, code=code), key, code)]
             question, others, hop = CODE_QUESTION.format(key=key), {}, ""
         elif task == "multi-needle":
             keys, codes = _keys(rng, MULTI_KEYS), _codes(rng, MULTI_KEYS)
             spread = [depth] + [d for d in DEPTHS if abs(d - depth) >= 0.15][: MULTI_KEYS - 1]
-            facts = [(d, CODE_SENTENCE.format(key=k, code=c)) for d, k, c in zip(spread, keys, codes)]
+            facts = [(d, CODE_SENTENCE.format(key=k, code=c), k, c) for d, k, c in zip(spread, keys, codes)]
             key, code = keys[0], codes[0]
             question, others, hop = CODE_QUESTION.format(key=key), dict(zip(keys[1:], codes[1:])), ""
         else:  # multi-hop
@@ -170,24 +191,30 @@ def make_items(task: str, tokenizer, context: int, n: int, seed: int) -> list[It
             codes = _codes(rng, HOP_CHAINS, avoid=tuple(links))
             # the asked chain: link early (at the depth), code later; distractors elsewhere
             link_d, code_d = depth * 0.5, 0.5 + depth * 0.45
-            facts = [(link_d, LINK_SENTENCE.format(a=starts[0], b=links[0])),
-                     (code_d, CODE_SENTENCE.format(key=links[0], code=codes[0]))]
+            facts = [(link_d, LINK_SENTENCE.format(a=starts[0], b=links[0]), starts[0], links[0]),
+                     (code_d, CODE_SENTENCE.format(key=links[0], code=codes[0]), links[0], codes[0])]
             for j in range(1, HOP_CHAINS):
-                facts.append((rng.uniform(0.05, 0.5), LINK_SENTENCE.format(a=starts[j], b=links[j])))
-                facts.append((rng.uniform(0.5, 0.95), CODE_SENTENCE.format(key=links[j], code=codes[j])))
+                facts.append((rng.uniform(0.05, 0.5), LINK_SENTENCE.format(a=starts[j], b=links[j]), starts[j], links[j]))
+                facts.append((rng.uniform(0.5, 0.95), CODE_SENTENCE.format(key=links[j], code=codes[j]), links[j],
+                              codes[j]))
             key, code, hop = starts[0], codes[0], links[0]
             question, others = LINK_QUESTION.format(a=key), dict(zip(links[1:], codes[1:]))
             depth = link_d
-        fact_ids = sum(len(tokenizer.encode(FACT_WRAP.format(s))) for _, s in facts)
+        fact_ids = sum(len(tokenizer.encode(FACT_WRAP.format(s))) for _, s, *_ in facts)
         asked = (question, CODE_QUESTION.format(key=hop)) if hop else (question,)  # hop 2 reads anew
         asked = max(len(tokenizer.encode(QUESTION_WRAP.format(q))) for q in asked)
         room = context - fact_ids - asked
         if room < 32:
             raise ValueError(f"context {context} is too short for task {task!r}")
         filler, used = texts.token_stream(tokenizer, room, start=rng.randrange(1000))
-        ids, question_at = _splice(tokenizer, filler, facts, question)
-        items.append(Item(ids, key, code, depth, others, hop, used, question_at))
+        ids, question_at, where = _splice(tokenizer, filler, facts, question)
+        items.append(Item(ids, key, code, depth, others, hop, used, question_at, where))
     return items
+
+
+def fact_of(item: Item, key: str) -> dict | None:
+    """The fact an answer about ``key`` copies (hop 2 asks the link number: its code fact)."""
+    return next((f for f in item.facts if f["key"] == key), None)
 
 
 def hop_question(item: Item, tokenizer, link: str) -> list[int]:

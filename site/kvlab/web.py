@@ -27,7 +27,7 @@ _should_stop = None  # JS function() → bool, the Stop button
 
 #: the page's camelCase option → the Request field
 OPTIONS = {
-    "prompt": "prompt", "chat": "chat", "maxNewTokens": "max_new_tokens", "policy": "policy",
+    "prompt": "prompt", "question": "question", "chat": "chat", "maxNewTokens": "max_new_tokens", "policy": "policy",
     "temperature": "temperature", "topK": "top_k", "topP": "top_p", "seed": "seed",
     "ignoreEos": "ignore_eos", "cacheMap": "cache_map",
 }

@@ -28,8 +28,9 @@ import numpy as np
 from . import kvstore_ref as kref
 
 OK, ENOMEM, EINVAL, ESTATE = 0, -1, -2, -3
-ATTN, WINDOW, LAST, KNORM, RECENT = range(5)  # KV_SCORE_* in wasm/evict.c
-N_SCORES = 5
+ATTN, WINDOW, LAST, KNORM, RECENT, MAX = range(6)  # KV_SCORE_* in wasm/evict.c
+N_SCORES = 6
+SUM_MEAN, SUM_ZERO_KEY, SUM_ZERO = range(3)  # KV_SUM_* (kv_summarize's modes)
 SLOT_ROUND = 64
 F32 = np.float32
 INF = np.float32(np.inf)
@@ -77,13 +78,24 @@ def columns(prev: int, step_P: int, n: int) -> np.ndarray:
 
 
 @_ieee
-def score_attn(attn: np.ndarray, h: int, G: int, cols: np.ndarray, old: np.ndarray) -> np.ndarray:
-    """H2O: the group's attention summed (from 0, query heads ascending), then the old score
-    added. attn: (q_heads, T); old: (n,) the held scores."""
+def score_attn(attn: np.ndarray, h: int, G: int, cols: np.ndarray, old: np.ndarray, weight: int = 1) -> np.ndarray:
+    """H2O: the group's attention summed (from 0, query heads ascending), times the step's
+    weight, then the old score added. attn: (q_heads, T); old: (n,) the held scores."""
     s = np.zeros(len(cols), F32)
     for q in range(h * G, (h + 1) * G):
         s = s + attn[q, cols]
-    return s + old
+    return s * F32(weight) + old
+
+
+@_ieee
+def score_max(attn: np.ndarray, h: int, G: int, cols: np.ndarray, old: np.ndarray, S: int) -> np.ndarray:
+    """The largest per-query group mean a step gave: (group sum) / (S · G), kept where it
+    beats the held score (NaN never does)."""
+    s = np.zeros(len(cols), F32)
+    for q in range(h * G, (h + 1) * G):
+        s = s + attn[q, cols]
+    s = s / (F32(S) * F32(G))
+    return np.where(s > old, s, old).astype(F32)
 
 
 @_ieee
@@ -464,9 +476,11 @@ class CacheModel:
             return EINVAL
         if kind == WINDOW and (kernel < 1 or kernel % 2 == 0):
             return EINVAL
+        if kind == ATTN and kernel < 1:
+            return EINVAL
         w = None if weights is None else np.asarray(weights, F32).reshape(len(sel), self.Q)
         for i, L in enumerate(sel):
-            if kind <= LAST and (not L.step_ok or self.last_S < 1):
+            if (kind <= LAST or kind == MAX) and (not L.step_ok or self.last_S < 1):
                 return ESTATE
             if (kind == LAST or (kind == WINDOW and w is not None)) and not L.alike():
                 return ESTATE
@@ -483,7 +497,7 @@ class CacheModel:
                 L.scored = True
                 for h in L.heads:
                     h.score = np.zeros(h.n, F32)
-            if kind == ATTN and not L.held:  # a held accumulation starts at zero
+            if kind in (ATTN, MAX) and not L.held:  # a held accumulation starts at zero
                 for h in L.heads:
                     if h.score is not None:
                         h.score[:] = 0
@@ -499,7 +513,9 @@ class CacheModel:
             n, m = h.n, L.prev[i]
             cols = columns(m, L.step_P, n)
             if kind == ATTN:
-                h.score = score_attn(L.attn, i, self.G, cols, h.score)
+                h.score = score_attn(L.attn, i, self.G, cols, h.score, kernel)
+            elif kind == MAX:
+                h.score = score_max(L.attn, i, self.G, cols, h.score, S)
             elif kind == WINDOW:
                 h.score = score_window(L.attn, i, self.G, m, n, kernel, S, w)
             elif kind == LAST:
@@ -560,6 +576,60 @@ class CacheModel:
         h.take(keep)
         L.settle()
         return dropped
+
+    @_ieee
+    def summarize(self, layer: int, spans, mode: int) -> int:
+        """kv_summarize: in every head of the layer(s), the entries whose positions lie in
+        each span (lo, hi, at) become one entry at ``at``: the mean of their staged rows
+        (f64 sums in entry order, one f32 rounding) or zeros, stored in the head's format
+        like a new entry (quantized, or waiting exact inside an aging window)."""
+        sel = self._layers(layer)
+        spans = [tuple(int(x) for x in s) for s in spans]
+        if sel is None or not 0 <= mode < 3:
+            return EINVAL
+        for i, (lo, hi, at) in enumerate(spans):
+            if lo < 0 or hi <= lo or hi > self.appended or not lo <= at < hi or (i and lo < spans[i - 1][1]):
+                return EINVAL
+        if any(L.axis[0] or L.axis[1] for L in sel):
+            return ESTATE
+        if not spans or all(h.n == 0 for L in sel for h in L.heads):
+            return 0
+        removed = 0
+        self.open_S = 0
+        for L in sel:
+            L.evicted = True
+            for i, h in enumerate(L.heads):
+                keep = np.ones(h.n, bool)
+                for lo, hi, at in spans:
+                    where = np.flatnonzero((h.pos >= lo) & (h.pos < hi))
+                    if not len(where):
+                        continue
+                    e, e1 = int(where[0]), int(where[-1]) + 1
+                    for p in range(2):
+                        if mode == SUM_ZERO or (p == 0 and mode == SUM_ZERO_KEY):
+                            x = np.zeros(self.D, F32)
+                        else:
+                            x = (np.cumsum(h.stage[p][e:e1].astype(np.float64), axis=0)[-1] / (e1 - e)).astype(F32)
+                        a = h.aged(p)
+                        if e < a:
+                            raw = kref.quantize(L.fmt[p][i], L.group, x[None])
+                            h.rows[p][e] = np.frombuffer(raw, np.uint8)
+                            h.stage[p][e] = kref.dequantize(L.fmt[p][i], L.group, raw, self.D)
+                        else:
+                            h.res[p][e - a] = x
+                            h.stage[p][e] = x
+                    if h.score is not None:
+                        t = F32(0)
+                        for v in h.score[e:e1]:
+                            t = F32(t + v)
+                        h.score[e] = t
+                    h.pos[e] = at
+                    keep[e + 1:e1] = False
+                    removed += e1 - e - 1
+                if not keep.all():
+                    h.take(np.flatnonzero(keep))
+            L.settle()
+        return removed
 
     # ---- what the store shows
 

@@ -224,6 +224,12 @@ class Twin:
         return self.both(self.m.call("kv_evict", layer, head, ptr, len(keep)), self.model.evict(layer, head, keep),
                          ("evict", layer, head, list(keep)))
 
+    def summarize(self, layer: int, spans, mode: int = ev.SUM_MEAN) -> int:
+        spans = np.asarray(spans, np.int32).reshape(-1, 3)
+        ptr = self.put(spans) if len(spans) else self.args
+        return self.both(self.m.call("kv_summarize", layer, ptr, len(spans), mode),
+                         self.model.summarize(layer, spans.tolist(), mode), ("summarize", layer, spans.tolist(), mode))
+
     def truncate(self, n: int) -> int:
         return self.both(self.m.call("kv_truncate", n), self.model.truncate(n), ("truncate", n))
 
@@ -314,6 +320,10 @@ class Twin:
             keeps = np.zeros(model.appended, np.int64)
             for j, h in enumerate(L.heads):
                 assert s.positions(i, j) == h.pos.tolist(), (i, j)
+                if L.scored:  # kv_scores: the list as the scorers left it
+                    assert same_f32(np.array(s.scores(i, j), np.float32), h.score), (i, j)
+                else:
+                    assert m.call("kv_scores", i, j, self.scratch) == formats.ESTATE
                 for p in range(2):
                     assert s.rows(i, j, p) == model.rows(i, j, p), (i, j, p)
                 keeps[h.pos] |= 1 << j
@@ -339,6 +349,8 @@ def layer_budgets(tw: Twin, rng, most: int | None = None) -> np.ndarray:
 
 SCORERS = {  # name: (kind, kernel, weighted, shared: every KV head gets the same scores)
     "attn": (ev.ATTN, 1, False, False),
+    "attn-weight-3": (ev.ATTN, 3, False, False),
+    "max": (ev.MAX, 1, False, False),
     "window-1": (ev.WINDOW, 1, False, False),
     "window-5": (ev.WINDOW, 5, False, False),
     "window-9": (ev.WINDOW, 9, False, False),
@@ -542,8 +554,21 @@ MAX_LIVE = 300  # entries per head before the run prefers evicting (keeps each c
 OPS = {  # operation: weight
     "append": 24, "begin": 3, "commit": 3, "evict": 16, "bad_evict": 3, "score_select": 20,
     "score": 8, "select": 5, "drop": 3, "truncate": 5, "reset_configure": 4, "configure": 2, "age": 2,
-    "configure_head": 2,
+    "configure_head": 2, "summarize": 6,
 }
+
+
+def random_spans(rng, n: int) -> list[list[int]]:
+    """Up to 6 ascending, disjoint spans (lo, hi, at) over positions [0, n + 2), sometimes
+    one that breaks the rules (EINVAL)."""
+    cuts = np.sort(rng.choice(n + 3, min(n + 3, 2 * int(rng.integers(1, 7))), replace=False))
+    spans = [[int(a), int(b), int(rng.integers(a, b))] for a, b in zip(cuts[::2], cuts[1::2]) if b > a]
+    if spans and rng.random() < 0.1:  # at outside its span, or spans out of order
+        if rng.random() < 0.5:
+            spans[0][2] = spans[0][1]
+        else:
+            spans = spans[::-1] if len(spans) > 1 else [[spans[0][1], spans[0][0], spans[0][0]]]
+    return spans
 
 
 def random_formats(rng) -> tuple[int, int, int]:
@@ -580,7 +605,7 @@ def random_op(tw: Twin, rng, op: str) -> str:
     elif op in ("score", "score_select"):
         layer = -1 if rng.random() < 0.7 else int(rng.integers(tw.L))
         mapped = model.last_S and all(L.step_ok for L in model._layers(layer))  # else attention: ESTATE
-        kind = int(rng.choice(5, p=[0.3, 0.25, 0.15, 0.15, 0.15] if mapped else [0.05, 0.05, 0.05, 0.45, 0.4]))
+        kind = int(rng.choice(6, p=[0.25, 0.25, 0.15, 0.1, 0.1, 0.15] if mapped else [0.05, 0.05, 0.05, 0.4, 0.4, 0.05]))
         kernel = int(rng.choice([1, 3, 5, 7, 9])) + (rng.random() < 0.03)
         w = None
         if kind == ev.WINDOW and rng.random() < 0.4:
@@ -593,6 +618,9 @@ def random_op(tw: Twin, rng, op: str) -> str:
                       int(rng.choice([0, 0, 1, 4, 16])), int(rng.choice([0, 0, 1, 3, 8])))
     elif op == "select":  # with whatever scores are held (or ESTATE)
         tw.select(layer_budgets(tw, rng), int(rng.integers(0, 6)), int(rng.integers(0, 6)))
+    elif op == "summarize":  # spans of positions become one entry each (ESTATE on per-channel parts)
+        layer = -1 if rng.random() < 0.6 else int(rng.integers(tw.L))
+        tw.summarize(layer, random_spans(rng, model.appended), int(rng.integers(0, 3)))
     elif op == "drop":
         tw.score_drop(int(rng.integers(-1, tw.L)))
     elif op == "truncate":  # EINVAL beyond the appended tokens, ESTATE once a layer evicted
@@ -871,3 +899,84 @@ def test_capacity_shrinks_after_an_eviction_and_a_decode_step_needs_no_growth(wa
     # without the rolling eviction the cache grows again by the usual rule
     tw.append(2, rng)
     assert tw.s.capacity(0) == ev.grow_cap(64, 65) == 128
+
+
+# ---------------------------------------------------------------------------------------
+# Summaries (kv_summarize: seed 004's chunk summaries)
+# ---------------------------------------------------------------------------------------
+
+
+def test_summaries_are_the_mean_of_the_staged_rows(wasm_path):
+    """Each span's summary is the NumPy mean of the rows the store staged for it (read from
+    the staging before the call, not from the model), put in the head's format: exactly the
+    mean on an f32 layer, the format's rounding of it on a quantized one; the other entries
+    are untouched and the summary sits at its chosen position."""
+    rng = np.random.default_rng(30)
+    tw = Twin(wasm_path)
+    tw.configure(0, formats.F32, formats.F32, 32)
+    tw.append(50, rng)
+    tw.append(14, rng)
+    spans = [[4, 20, 12], [20, 36, 27], [48, 60, 48]]
+    before = [tw.model.staging(i)[:2] for i in range(tw.L)]
+    st, layers, mem = tw.peek.read()
+    K0 = at(mem, layers[0]["stage0"], np.float32, (tw.H, tw.model.layers[0].pcap, tw.D)).copy()
+    assert tw.summarize(-1, spans) == tw.L * tw.H * (15 + 15 + 11)
+    tw.check(full=True)
+    for i in range(tw.L):
+        K, V, _ = tw.model.staging(i)
+        for j in range(tw.H):
+            pos = tw.s.positions(i, j)
+            assert pos == list(range(4)) + [12, 27] + list(range(36, 48)) + [48] + list(range(60, 64))
+            for lo, hi, where in ((4, 20, pos.index(12)), (20, 36, pos.index(27))):
+                for part, (want_all, got) in enumerate(zip(before[i], (K, V))):
+                    mean = want_all[j, lo:hi].astype(np.float64).mean(axis=0).astype(np.float32)
+                    fmt = tw.model.layers[i].fmt[part][j]
+                    if fmt == formats.F32:
+                        np.testing.assert_allclose(got[j, where], mean, rtol=1e-6, atol=1e-7)
+                    else:  # the format's own rounding of the mean (kvstore_ref's quantizer)
+                        g = tw.model.layers[i].group
+                        from tests.reference import kvstore_ref as kref
+                        want = kref.dequantize(fmt, g, kref.quantize(fmt, g, mean[None]), tw.D)
+                        np.testing.assert_allclose(got[j, where], want, rtol=1e-5, atol=1e-5)
+            np.testing.assert_array_equal(K[j, 6:18], before[i][0][j, 36:48])  # the rest as they were
+    np.testing.assert_allclose(tw.model.staging(0)[0][0, 4], K0[0, 4:20].astype(np.float64).mean(0), rtol=1e-6, atol=1e-7)
+    # bytes: every entry left, summaries included, is one row per part plus its position
+    n = sum(h.n for L in tw.model.layers for h in L.heads)
+    assert tw.s.bytes(-1, 2) == 4 * n
+
+
+def test_zero_summaries_and_bad_spans(wasm_path):
+    rng = np.random.default_rng(31)
+    tw = Twin(wasm_path)
+    tw.configure(-1, formats.F32, formats.F32, 32)
+    tw.append(40, rng)
+    assert tw.summarize(-1, [[0, 10, 5]], ev.SUM_ZERO_KEY) == tw.L * tw.H * 9
+    K, V, _ = tw.model.staging(1)
+    assert not K[:, 0].any() and V[:, 0].any()
+    assert tw.summarize(1, [[10, 20, 10]], ev.SUM_ZERO) == tw.H * 9
+    K, V, _ = tw.model.staging(1)
+    assert not K[:, 1].any() and not V[:, 1].any()
+    tw.check(full=True)
+    for spans in ([[5, 5, 5]], [[5, 9, 9]], [[5, 9, 4]], [[10, 20, 11], [15, 30, 16]], [[-1, 3, 0]]):
+        assert tw.summarize(-1, spans) == formats.EINVAL
+    assert tw.summarize(-1, [[0, 3, 1]], 3) == formats.EINVAL
+    assert tw.summarize(5, [[0, 3, 1]]) == formats.EINVAL
+    assert tw.summarize(-1, []) == 0
+    tw.check(full=True)
+    tw.reset()
+    tw.configure(2, formats.Q4, formats.Q4, 32)
+    tw.age(2, 0, 0, 1)  # per-channel keys: blocks span entries, a summary cannot split one
+    tw.append(40, rng)
+    assert tw.summarize(-1, [[0, 10, 5]]) == formats.ESTATE
+    assert tw.summarize(0, [[0, 10, 5]]) == 9 * tw.H
+    tw.check(full=True)
+
+
+def test_summarize_without_memory_changes_nothing(wasm_path):
+    rng = np.random.default_rng(32)
+    tw = scored_twin(wasm_path, rng)
+    spans = np.array([[2, 9, 5], [20, 30, 25]], np.int32)
+    ptr = tw.put(spans)
+    failed = until_it_fits(tw, lambda: tw.m.call("kv_summarize", -1, ptr, 2, 0),
+                           lambda r: tw.both(r, tw.model.summarize(-1, spans.tolist(), 0), "summarize"))
+    assert failed > 5  # the flags, then each layer's first position list

@@ -9,11 +9,13 @@ in ``REGISTRY``, a README line.
 from __future__ import annotations
 
 from .base import Param, PolicyError, Technique
+from .chunks import Chunks
 from .collapse import Collapse
 from .compresskv import CompressKV
 from .duo import Duo
 from .entropy_bits import EntropyBits
 from .h2o import H2O
+from .importance import Importance
 from .knorm import KNorm
 from .pyramidkv import PyramidKV
 from .quant import Quant
@@ -23,7 +25,8 @@ from .tova import TOVA
 
 #: technique name (the key in a policy JSON object) → technique
 REGISTRY: dict[str, Technique] = {
-    t.name: t for t in (Quant(), EntropyBits(), Collapse(), Streaming(), H2O(), SnapKV(), PyramidKV(), CompressKV(), TOVA(), KNorm(), Duo())
+    t.name: t for t in (Quant(), EntropyBits(), Collapse(), Streaming(), H2O(), SnapKV(), PyramidKV(), CompressKV(),
+                        TOVA(), KNorm(), Duo(), Importance(), Chunks())
 }
 
 __all__ = ["Param", "PolicyError", "REGISTRY", "Technique"]

@@ -13,6 +13,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 
+#: tokens at a prompt's end that stand for its question when the request names none (a
+#: technique that routes by the question's attention then reads them as the question)
+QUESTION_FALLBACK = 16
+
+
 class PolicyError(ValueError):
     """A policy that cannot be applied: unknown technique, unknown or invalid parameter."""
 
@@ -122,6 +127,17 @@ class Technique:
 
     def prompt_tail(self, params: dict) -> int:
         """Tokens at a prompt's end to read as a run of their own (0: none)."""
+        return 0
+
+    def question_tail(self, params: dict) -> bool:
+        """Whether the prompt's question (the request's, else its last QUESTION_FALLBACK
+        tokens) is read as a run of its own, the prompt's last: routing by the question's
+        attention needs it alone, and question-blind scores must not see it."""
+        return False
+
+    def prompt_run(self, params: dict) -> int:
+        """Most tokens per model run while a prompt is read (0: PREFILL_CHUNK): scores
+        taken per run (a max over runs, a weight per run) are as fine as the runs."""
         return 0
 
     def chunk_tail(self, params: dict) -> int:
