@@ -13,18 +13,26 @@ RoPE, so a position never rotates anything again (attention reads the mean key a
 it is where the cache map and the position list show the entry, and the middle is the
 centre of the positions the mean was taken over. New tokens keep their true positions.
 
-Routing (``route_by``), one choice for every layer and head, from the store's own scores:
+Routing (``route_by``), one choice for every layer and head, from the store's own scores,
+each KV head's weighted by ``heads``: "retrieval" (the recipe here) by the sum of its query
+group's profiled retrieval scores (``kvlab.profile``'s ``retrieval``, seed 003's semantic
+retrieval heads: the attention a head puts on a fact's digits while the model copies them),
+"all" by 1. On this model the question's attention summed over all 90 KV heads is led by
+positional heads (the early chunks next to the sinks, whatever the question): it routed
+the asked fact's chunk first in 0 of 7 multi-needle questions at 1,024 tokens, and through
+the retrieval heads in 7 of 7.
   "question"  the attention the question pays to the chunk: the question is read as the
               prompt's last run (``Request.question``, the harness's question; without one
               the prompt's last QUESTION_FALLBACK tokens), each entry scored by the mean over
               the question's queries of its attention, averaged over the KV head's query
-              group (wasm WINDOW with kernel 1), and a chunk's score is the sum of its
-              entries' scores over every layer and KV head.
+              group (wasm WINDOW with kernel 1), and a chunk's score is the weighted sum
+              of its entries' scores over every layer and KV head.
   "context"   the attention the chunk received while the context was read (question-blind):
               each entry's attention summed over every context query and its query group
               (wasm ATTN, accumulated run by run, the question's run left out), divided by
               the number of context queries that could see it (n_ctx − position: an early
-              token is seen by more queries), summed over the chunk, layers and heads.
+              token is seen by more queries), summed over the chunk, layers and heads
+              (weighted alike).
 Ties go to the earlier chunk. ``k`` larger than the number of chunks keeps them all (the
 report's notes say so): a setting a longer prompt would honour is not an error.
 
@@ -58,6 +66,8 @@ class Chunks(Technique):
                 Param("summary", "str", "mean", "what a summarized chunk becomes",
                       choices=("mean", "zero_key", "zero")),
                 Param("route_by", "str", "question", "what scores a chunk", choices=("question", "context")),
+                Param("heads", "str", "retrieval", "whose attention routes: the profile's retrieval heads, or all",
+                      choices=("retrieval", "all")),
             ),
         )
 
@@ -68,6 +78,20 @@ class Chunks(Technique):
                               "'channel'): a block spans entries a summary would split; use k_axis 'token'")
         if not params["summaries"] and params["summary"] != "mean":
             raise PolicyError("chunks.summary chooses what a summarized chunk becomes: it needs summaries true")
+
+    def check_context(self, params: dict, ctx) -> None:
+        if params["heads"] == "retrieval" and "retrieval" not in (ctx.profile or {}).get("metrics", {}):
+            raise PolicyError("chunks.heads 'retrieval' needs the head profile (retrieval heads): build it with "
+                              "`python -m builder profile`, pass --profile FILE, or route with heads 'all'")
+
+    @staticmethod
+    def weights(params: dict, ctx, store) -> list[list[float]]:
+        """(layers, KV heads): how much each head's scores count in a chunk's score."""
+        if params["heads"] == "all":
+            return [[1.0] * store.n_kv_heads for _ in range(store.n_layers)]
+        G = store.n_q_heads // store.n_kv_heads
+        return [[sum(row[h * G:(h + 1) * G]) for h in range(store.n_kv_heads)]
+                for row in ctx.profile["metrics"]["retrieval"]["values"]]
 
     def question_tail(self, params: dict) -> bool:
         return True
@@ -81,7 +105,7 @@ class Chunks(Technique):
             return
         n = store.tokens(-1)
         n_ctx = step.start if step.question else n - min(QUESTION_FALLBACK, n)
-        rep = report.setdefault("chunks", {"chunk": p["chunk"], "k": p["k"], "route_by": p["route_by"],
+        rep = report.setdefault("chunks", {"chunk": p["chunk"], "k": p["k"], "route_by": p["route_by"], "heads": p["heads"],
                                            "summaries": p["summaries"], "context": n_ctx, "routed": [],
                                            "summarized": [], "exact": [], "notes": []})
         chunks = self.cut(p, n_ctx)
@@ -98,7 +122,8 @@ class Chunks(Technique):
             scores = [0.0] * len(chunks)
             rep["notes"].append("the prompt is too short to read its question apart: the earliest chunks are routed")
         else:
-            scores = self.chunk_scores(store, chunks, n_ctx if p["route_by"] == "context" else None)
+            scores = self.chunk_scores(store, chunks, self.weights(p, ctx, store),
+                                       n_ctx if p["route_by"] == "context" else None)
         order = sorted(range(len(chunks)), key=lambda i: (-scores[i], i))
         routed = sorted(order[:p["k"]])
         rest = [c for i, c in enumerate(chunks) if i not in routed]
@@ -122,17 +147,21 @@ class Chunks(Technique):
         return [(a, min(a + p["chunk"], hi)) for a in range(lo, hi, p["chunk"])]
 
     @staticmethod
-    def chunk_scores(store, chunks: list[tuple[int, int]], n_ctx: int | None) -> list[float]:
-        """Sum over layers, KV heads and each chunk's entries of the store's scores (entry e
-        is position e: nothing was evicted yet); with n_ctx, each entry's score is divided
-        by the context queries that could see it."""
+    def chunk_scores(store, chunks: list[tuple[int, int]], weights: list[list[float]],
+                     n_ctx: int | None) -> list[float]:
+        """Sum over layers, KV heads (weights[layer][head] each) and each chunk's entries of
+        the store's scores (entry e is position e: nothing was evicted yet); with n_ctx, each
+        entry's score is divided by the context queries that could see it."""
         totals = [0.0] * len(chunks)
         for layer in range(store.n_layers):
             for h in range(store.n_kv_heads):
+                w = weights[layer][h]
+                if w == 0:
+                    continue
                 sc = store.scores(layer, h)
                 for i, (lo, hi) in enumerate(chunks):
                     if n_ctx is None:
-                        totals[i] += sum(sc[lo:hi])
+                        totals[i] += w * sum(sc[lo:hi])
                     else:
-                        totals[i] += sum(sc[t] / (n_ctx - t) for t in range(lo, hi))
+                        totals[i] += w * sum(sc[t] / (n_ctx - t) for t in range(lo, hi))
         return totals
