@@ -148,7 +148,7 @@ def cell_text(res: dict) -> str:
 
 def render(args) -> None:
     rows = [json.loads(line) for line in Path(args.out).read_text().splitlines() if line.strip()]
-    cells = [c for c in CELLS if any((r["task"], r["context"]) == c for r in rows)]
+    cells = list(dict.fromkeys((r["task"], r["context"]) for r in rows))
     by = {(r["row"], r["task"], r["context"]): r["result"] for r in rows}
     print("| row | " + " | ".join(f"{t} {c}: match (crossovers) / ×fp32 / KL / routed / kept" for t, c in cells) + " |")
     print("|---|" + "---|" * len(cells))

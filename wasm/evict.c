@@ -437,15 +437,14 @@ enum {
     KV_N_SUMS = 3,
 };
 
-static float summary[2][4096]; // (head_dim,) the K and V of one summary
-
 // Replace the entries of head h whose positions lie in each span [lo, hi) (n spans of
 // three i32 at sp: lo, hi, at) by one entry at position `at`: its K and V are the mean of
 // the replaced entries' staged rows (f64 sums in entry order, one f32 rounding) or zeros
 // (mode), put into the head's formats like any new entry (so a quantized head's summary
-// is quantized, a collapsed key stores its residual at `at`). Sets keep[] for compaction;
-// returns the entries removed.
-static int32_t summarize_head(kv_layer *L, int32_t h, const int32_t *sp, int32_t n, int32_t mode, uint8_t *keep) {
+// is quantized, a collapsed key stores its residual at `at`). summary: (2, head_dim) f32
+// scratch. Sets keep[] for compaction; returns the entries removed.
+static int32_t summarize_head(kv_layer *L, int32_t h, const int32_t *sp, int32_t n, int32_t mode, uint8_t *keep,
+                              float *summary) {
     const int32_t D = kv.head_dim, live = L->live[h];
     int32_t removed = 0, e = 0;
     __builtin_memset(keep, 1, (size_t)live);
@@ -456,7 +455,7 @@ static int32_t summarize_head(kv_layer *L, int32_t h, const int32_t *sp, int32_t
         while (e1 < live && kv_entry_pos(L, h, e1) < hi) e1++;
         if (e1 == e) continue; // this head keeps nothing there
         for (int p = 0; p < 2; p++) {
-            float *x = summary[p];
+            float *x = summary + (size_t)p * D;
             if (mode == KV_SUM_ZERO || (p == 0 && mode == KV_SUM_ZERO_KEY)) {
                 __builtin_memset(x, 0, 4ull * D);
                 continue;
@@ -469,11 +468,11 @@ static int32_t summarize_head(kv_layer *L, int32_t h, const int32_t *sp, int32_t
         }
         for (int p = 0; p < 2; p++) {
             if (e < kv_aged(L, p, h)) {
-                kv_store_entry(L, p, h, e, summary[p], at);
+                kv_store_entry(L, p, h, e, summary + (size_t)p * D, at);
             } else { // inside an aging window: it waits exact, like the entries it replaces
                 float *res = L->res[p] + ((size_t)h * L->rcap[p] + (e - kv_aged(L, p, h))) * D;
-                __builtin_memcpy(res, summary[p], 4ull * D);
-                __builtin_memcpy(L->stage[p] + ((size_t)h * L->pcap + e) * D, summary[p], 4ull * D);
+                __builtin_memcpy(res, summary + (size_t)p * D, 4ull * D);
+                __builtin_memcpy(L->stage[p] + ((size_t)h * L->pcap + e) * D, summary + (size_t)p * D, 4ull * D);
             }
         }
         if (L->score) { // a held score (H2O's attention) is the span's total
@@ -501,7 +500,6 @@ KV_EXPORT(kv_summarize) int32_t kv_summarize(int32_t layer, int32_t spans, int32
     if (!kv.ready) return KV_ESTATE;
     if (layer < -1 || layer >= kv.n_layers || n < 0 || (n && !spans) || mode < 0 || mode >= KV_N_SUMS)
         return KV_EINVAL;
-    if (kv.head_dim > 4096) return KV_EINVAL;
     const int32_t *sp = (const int32_t *)(uintptr_t)(uint32_t)spans, H = kv.n_kv_heads;
     for (int32_t i = 0; i < n; i++) {
         const int32_t lo = sp[3 * i], hi = sp[3 * i + 1], at = sp[3 * i + 2];
@@ -516,8 +514,10 @@ KV_EXPORT(kv_summarize) int32_t kv_summarize(int32_t layer, int32_t spans, int32
         for (int32_t h = 0; h < H; h++) most = L->live[h] > most ? L->live[h] : most;
     }
     if (!n || !most) return 0;
-    // ---- allocate first: the flags, and the position lists of layers that have none
-    uint8_t *keep = kv_malloc((size_t)most);
+    // ---- allocate first: the summary's K and V (f32, aligned first) then the flags, and the
+    // position lists of layers that have none
+    float *summary = kv_malloc(8ull * kv.head_dim + (size_t)most);
+    uint8_t *keep = summary ? (uint8_t *)(summary + 2 * (size_t)kv.head_dim) : 0;
     int32_t **made = kv_malloc(sizeof(int32_t *) * (size_t)kv.n_layers);
     int failed = !keep || !made;
     for (int32_t l = 0; l < kv.n_layers && made; l++) {
@@ -528,7 +528,7 @@ KV_EXPORT(kv_summarize) int32_t kv_summarize(int32_t layer, int32_t spans, int32
     if (failed) {
         for (int32_t l = 0; l < kv.n_layers && made; l++) kv_mfree(made[l]);
         kv_mfree(made);
-        kv_mfree(keep);
+        kv_mfree(summary);
         return KV_ENOMEM;
     }
     for (int32_t l = 0; l < kv.n_layers; l++)
@@ -540,13 +540,13 @@ KV_EXPORT(kv_summarize) int32_t kv_summarize(int32_t layer, int32_t spans, int32
     for (int32_t l = l0; l < l1; l++) {
         kv_layer *L = &kv.layer[l];
         for (int32_t h = 0; h < H; h++) {
-            int32_t r = summarize_head(L, h, sp, n, mode, keep);
+            int32_t r = summarize_head(L, h, sp, n, mode, keep, summary);
             if (r) compact_head(L, h, keep);
             removed += r;
         }
         settle_layer(L);
     }
-    kv_mfree(keep);
+    kv_mfree(summary);
     return removed;
 }
 

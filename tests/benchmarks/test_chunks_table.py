@@ -1,0 +1,58 @@
+"""The chunks table's command still works on a small cell, and its importance rows keep the
+recipe's entries (the same bytes).
+
+``benchmarks/chunks_table.py`` makes ``results/chunks.jsonl`` (hours on 2 cores at 4,096 and
+8,128 tokens); this runs it on a 512-token multi-needle cell, n = 1.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+SCRIPT = REPO / "benchmarks" / "chunks_table.py"
+
+pytestmark = pytest.mark.slow
+
+
+def load():
+    spec = importlib.util.spec_from_file_location("chunks_table", SCRIPT)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_the_command_runs_and_renders(bundle, head_profile, tmp_path):
+    out = tmp_path / "t.jsonl"
+    rows = ["full", "chunks k=1 r=256", "importance question"]
+    args = [sys.executable, str(SCRIPT), "--artifacts", str(bundle), "--cells", "multi-needle 512", "--n", "1",
+            "--rows", *rows, "--out", str(out)]
+    r = subprocess.run(args, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    got = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [x["row"] for x in got] == ["full", "chunks k=1 r=256"]  # importance runs only at 4,096
+    chunks = got[1]["result"]
+    assert chunks["routing_accuracy"] is not None and chunks["ratio_vs_fp32"] > 1
+    assert got[0]["result"]["score"] == got[0]["result"]["score_full"]
+    again = subprocess.run(args, capture_output=True, text=True)  # every row is there: nothing to do
+    assert again.returncode == 0 and len(out.read_text().splitlines()) == 2
+    table = subprocess.run([sys.executable, str(SCRIPT), "--render", "--out", str(out)], capture_output=True, text=True)
+    assert table.returncode == 0
+
+
+def test_importance_rows_keep_the_recipes_entries(profiled_engine):
+    """The importance rows' budget is the entries the chunks recipe holds per KV head."""
+    from kvlab.evaluate import evaluate
+
+    mod = load()
+    keep = mod.recipe_entries("multi-needle", 1024, profiled_engine.tokenizer, 0)
+    res = evaluate(profiled_engine, "multi-needle", {"chunks": mod.RECIPE["multi-needle"]}, context=1024, n=1)
+    per_head = res["tokens_cached"] and [k for row in res["kept"] for k in row]
+    answered = res["tokens_cached"] - 1024  # the answer's tokens, appended after the prompt
+    assert all(k - answered == keep for k in per_head)
