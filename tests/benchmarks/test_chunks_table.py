@@ -56,3 +56,14 @@ def test_importance_rows_keep_the_recipes_entries(profiled_engine):
     per_head = res["tokens_cached"] and [k for row in res["kept"] for k in row]
     answered = res["tokens_cached"] - 1024  # the answer's tokens, appended after the prompt
     assert all(k - answered == keep for k in per_head)
+
+
+def test_the_mechanism_command_runs(bundle):
+    """benchmarks/summary_mechanism.py on one short prompt: a summary key is never longer
+    than the mean of its chunk's key norms (the triangle inequality), so the ratio is ≤ 1."""
+    r = subprocess.run([sys.executable, str(REPO / "benchmarks" / "summary_mechanism.py"), "--artifacts", str(bundle),
+                        "--context", "256", "--n", "1", "--chunk", "32"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    line = r.stdout.splitlines()[0]
+    mean, lo, hi = (float(line.split(w)[1].split(",")[0]) for w in (": mean ", "min ", "max "))
+    assert 0 < lo <= mean <= hi <= 1
