@@ -60,10 +60,10 @@ ROWS = {
     "zero summaries, k=1 r=256": (chunks(K1, summary="zero"), {("multi-needle", 4096)}),
     "routed by the context, k=1 r=256": (chunks(K1, route_by="context"), {("multi-needle", 4096)}),
     "routed by all heads, k=1 r=256": (chunks(K1, heads="all"), {("multi-needle", 4096)}),
-    "importance sum": ("sum", {c for c in CELLS if c[1] == 4096}),
-    "importance max": ("max", {c for c in CELLS if c[1] == 4096}),
-    "importance tail": ("tail", {c for c in CELLS if c[1] == 4096}),
-    "importance question": ("question", {c for c in CELLS if c[1] == 4096}),
+    "importance sum": ("sum", None),
+    "importance max": ("max", None),
+    "importance tail": ("tail", None),
+    "importance question": ("question", None),
 }
 
 
@@ -150,7 +150,8 @@ def render(args) -> None:
     rows = [json.loads(line) for line in Path(args.out).read_text().splitlines() if line.strip()]
     cells = list(dict.fromkeys((r["task"], r["context"]) for r in rows))
     by = {(r["row"], r["task"], r["context"]): r["result"] for r in rows}
-    print("| row | " + " | ".join(f"{t} {c}: match (crossovers) / ×fp32 / KL / routed / kept" for t, c in cells) + " |")
+    print("Each cell: match (crossovers×) · KV MiB (×fp32) · KL · routed · kept\n")
+    print("| row | " + " | ".join(f"{t} {c}" for t, c in cells) + " |")
     print("|---|" + "---|" * len(cells))
     for name in ROWS:
         line = []
@@ -159,9 +160,10 @@ def render(args) -> None:
             if res is None:
                 line.append("")
                 continue
-            routed = "" if res.get("routing_accuracy") is None else f"{res['routing_accuracy'] * res['n']:.0f}/{res['n']}"
-            kl = "" if res["kld_vs_full"] is None else f"{res['kld_vs_full']:.3f}"
-            line.append(f"{cell_text(res)} / {res['ratio_vs_fp32']:.1f}× / {kl} / {routed} / {res['answer_kept']:.2f}")
+            routed = "–" if res.get("routing_accuracy") is None else f"{res['routing_accuracy'] * res['n']:.0f}/{res['n']}"
+            kl = "–" if res["kld_vs_full"] is None else f"{res['kld_vs_full']:.3f}"
+            line.append(f"{cell_text(res)} · {res['cache_bytes'] / 2 ** 20:.1f} ({res['ratio_vs_fp32']:.1f}×) · {kl} · "
+                        f"{routed} · {res['answer_kept']:.2f}")
         if any(line):
             print(f"| {name} | " + " | ".join(line) + " |")
 

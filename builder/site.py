@@ -14,6 +14,8 @@
                               the head profile, the four observations and the texts they
                               were measured on (``builder.profile``: computed natively once
                               per build; the profile page shows them and can rerun them)
+    lessons_recorded.json     every live lesson run natively (``builder.lessons``): what the
+                              page replays where a live run is too slow or impossible
     results.json              seed 001's table on this model beside the seed's (``kvlab.results``,
                               from the committed results/quant.jsonl; the profile page shows it)
     model/model.onnx.part0..N the model in parts of ≤ 64 MB (a single 270 MB Cache API
@@ -140,6 +142,8 @@ def build_site(bundle: Path, dist: Path = DIST) -> Path:
 
     import kvlab
 
+    from .lessons import FILE as LESSONS_FILE
+    from .lessons import build_lessons
     from .profile import FILES as PROFILE_FILES
     from .profile import build_profile
 
@@ -161,6 +165,7 @@ def build_site(bundle: Path, dist: Path = DIST) -> Path:
     profiled = build_profile(bundle)
     for name in PROFILE_FILES:
         _place(profiled / name, tmp / name)
+    _place(build_lessons(bundle, profiled) / LESSONS_FILE, tmp / LESSONS_FILE)
     model = src_manifest["files"]["model.onnx"]
     parts_dir, parts = model_parts(bundle / "model.onnx", model["sha256"])
     for p in parts:

@@ -89,6 +89,11 @@ def _parser() -> argparse.ArgumentParser:
                    help="for the full-cache policy, compare the reference pass with itself (half the time)")
     e.add_argument("--json", action="store_true", help="print one JSON object (else a short summary)")
 
+    les = sub.add_parser("lesson", help="run a lesson's question under each of its policies (kvlab.lesson)")
+    les.add_argument("id", help="the lesson's id in lessons.json")
+    les.add_argument("--lessons", help="lessons.json (default: the page's, site/static/lessons.json)")
+    les.add_argument("--json", action="store_true", help="print one JSON object (else one line per run)")
+
     p = sub.add_parser("profile", help="profile every head and layer (kvlab.profile)")
     p.add_argument("--texts", help="JSON file: a list of {kind, name, sha256, text} (default: the standard library's)")
     p.add_argument("--context", type=int, default=512, help="tokens read before the queries (default 512)")
@@ -133,6 +138,8 @@ def main(argv: list[str] | None = None) -> int:
             return _profile(args)
         if args.command == "observe":
             return _observe(args)
+        if args.command == "lesson":
+            return _lesson(args)
 
         # validate the cheap things before loading 270 MB
         from .policy import parse_policy
@@ -254,6 +261,37 @@ def _profile(args) -> int:
         print(text)
     else:
         print(f"\nprofile of {len(res['texts'])} texts in {res['seconds']} s", file=sys.stderr)
+    return 0
+
+
+def _lesson(args) -> int:
+    from . import lesson
+    from .artifacts import default_dir
+    from .engine import Engine, InputError
+    from .policy import parse_policy
+
+    try:
+        path = args.lessons or lesson.lessons_file()
+        les = lesson.find(json.loads(open(path, encoding="utf-8").read()).get("lessons", []), args.id)
+        for r in les["runs"]:
+            parse_policy(r["policy"])
+    except (InputError, PolicyError) as e:  # before ValueError: both are ValueErrors
+        return _fail(str(e), 2)
+    except (OSError, ValueError) as e:
+        return _fail(f"cannot read the lessons {path}: {e}", 2)
+    from .host.native import NativeHost
+    engine = Engine(NativeHost(args.artifacts or default_dir(), simd=not args.scalar, threads=args.threads),
+                    profile=_head_profile(args))
+    res = {"id": les["id"]} | lesson.run(engine, les["item"], [r["policy"] for r in les["runs"]])
+    if args.json:
+        print(json.dumps(res))
+    else:
+        it = res["item"]
+        print(f"{it['task']} at {it['tokens']} tokens: {it['key']} = {it['code']}")
+        for r, spec in zip(res["runs"], les["runs"]):
+            asked = next(f for f in r["facts"] if f["asked"])
+            print(f"{spec['label']}: {r['digits'] or '-'} ({'right' if r['correct'] else 'crossover' if r['crossover'] else 'wrong'}), "
+                  f"code kept exactly by {asked['kept']:.0%} of KV heads, {r['ratio_vs_fp32']:.1f}x smaller")
     return 0
 
 

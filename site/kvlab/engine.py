@@ -239,6 +239,7 @@ class Engine:
             **self.meter(),
             **self.savings(),
             "eviction": pol.eviction(),
+            "chunks": pol.report.get("chunks"),  # routed / summarized chunks, under chunks
             "bytes_per_step": bytes_per_step,
             "prefill_ms": round(prefill_ms, 3),
             "ttft_ms": round(step_ms[0], 3),

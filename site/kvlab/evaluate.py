@@ -247,25 +247,34 @@ def _read(run: _Run, p: _Pass, ids: list[int], question_at: int):
 
 def _held(p: _Pass, fact: dict | None) -> dict:
     """What the compressed cache holds of the fact an answer copies, right after the
-    prompt was read: ``kept``, the share of (layer, KV head) pairs keeping every token of
-    its code as an exact entry (a summary's position does not count), and, under
-    ``chunks``, ``routed``: whether those tokens lie in routed chunks or the exact sinks
-    and recent tokens (routing accuracy: right even when the answer is wrong)."""
+    prompt was read (``fact_held``); {"kept": None} when the item names no such fact."""
     if fact is None:
         return {"kept": None}
-    store = p.store
-    lo, hi = fact["digits"]
-    rep = p.pol.report.get("chunks")
-    summaries = {s[2] for s in rep["summarized"]} if rep else set()
+    return fact_held(p.store, p.pol.report.get("chunks"), fact["digits"])
+
+
+def fact_held(store, chunks: dict | None, digits: list[int]) -> dict:
+    """What the cache holds of the tokens [lo, hi) of a fact's code: ``kept``, the share
+    of (layer, KV head) pairs keeping every one of them as an exact entry (a summary's
+    position does not count), ``per_token``, each token's share alike, and, under
+    ``chunks`` (its report), ``routed``: whether those tokens lie in routed chunks or the
+    exact sinks and recent tokens (routing accuracy: right even when the answer is wrong).
+    Positions before any generated token: one-shot techniques change no prompt entry after
+    the prompt, so it holds after the answer too."""
+    lo, hi = digits
+    summaries = {s[2] for s in chunks["summarized"]} if chunks else set()
     pairs = full = 0
+    per_token = [0] * (hi - lo)
     for layer in range(store.n_layers):
         row = store.keep_map(layer, hi)[lo:hi]
         for h in range(store.n_kv_heads):
             pairs += 1
-            full += all((int(c, 32) >> h) & 1 and lo + i not in summaries for i, c in enumerate(row))
-    out = {"kept": round(full / pairs, 4)}
-    if rep is not None:
-        spans = rep["routed"] + rep["exact"]
+            has = [bool((int(c, 32) >> h) & 1) and lo + i not in summaries for i, c in enumerate(row)]
+            full += all(has)
+            per_token = [n + x for n, x in zip(per_token, has)]
+    out = {"kept": round(full / pairs, 4), "per_token": [round(n / pairs, 4) for n in per_token]}
+    if chunks is not None:
+        spans = chunks["routed"] + chunks["exact"]
         out["routed"] = all(any(a <= t < b for a, b in spans) for t in range(lo, hi))
     return out
 

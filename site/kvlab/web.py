@@ -154,6 +154,50 @@ def reset_json() -> str:
     return json.dumps(reset())
 
 
+# ---- lessons ------------------------------------------------------------------------------
+
+def lesson_item(spec: dict) -> dict:
+    """``kvlab.lesson.item``: a lesson's question as the engine reads it (prompt, question,
+    where each fact's code sits), or {"error": ...}."""
+    from . import lesson
+
+    if _engine is None:
+        return {"error": "the engine is not started yet", "kind": "internal"}
+    try:
+        return lesson.item(_engine, spec)
+    except InputError as e:
+        return {"error": str(e), "kind": "input"}
+
+
+def lesson_item_json(spec_json: str) -> str:
+    return _json_sync(lesson_item, spec_json)
+
+
+async def lesson_run(opts: dict) -> dict:
+    """One run of a lesson, ``{"item": spec, "policy": policy}``: the question generated
+    under the policy (token events with the cache map, as ``generate`` with cacheMap),
+    then ``kvlab.lesson.read``: the object ``python -m kvlab lesson`` gives per run."""
+    from . import lesson
+
+    if _engine is None:
+        return {"error": "the engine is not started yet", "kind": "internal"}
+    try:
+        check_options(opts, ("item", "policy"), "lessonRun")
+        it = lesson.item(_engine, opts.get("item"))
+        req = lesson.request(it, opts.get("policy"), cache_map=True)
+        res = await _engine.generate_async(req, on_token=token_sink(req), should_stop=_should_stop)
+        return lesson.read(_engine, it, res)
+    except (InputError, PolicyError) as e:
+        return {"error": str(e), "kind": "input"}
+    except StoreError as e:
+        _engine.store.reset()
+        return {"error": str(e), "kind": "store"}
+
+
+async def lesson_run_json(opts_json: str) -> str:
+    return await _json_call(lesson_run, opts_json)
+
+
 # ---- the cache map and texts ----------------------------------------------------------------
 
 def cache_map(opts: dict | None = None) -> dict:

@@ -291,6 +291,30 @@ const api = {
     }
   },
 
+  /** A lesson's question as the engine reads it (`kvlab.lesson.item`): {task, context,
+   *  seed, index, prompt, question, tokens, question_at, key, code, others, facts: [{key,
+   *  code, asked, sentence, digits}]}. spec: a lesson's `item` ({task, context, seed, index}). */
+  async lessonItem(spec = {}) {
+    return callWeb((web) => web.lesson_item_json(JSON.stringify(spec)));
+  },
+
+  /** One run of a lesson: the question generated under `policy` (token events carry the
+   *  cache map, as generate with cacheMap: true), then what it answered, where each digit
+   *  came from and what the cache kept of every fact — one run of `python -m kvlab lesson
+   *  ID --json`. opts: {item, policy}. Emits kvlab:done with the run's generate result. */
+  async lessonRun(opts = {}) {
+    if (busy) throw new Error("the engine is busy: wait for it, or call kvlab.stop()");
+    busy = true;
+    stopRequested = false;
+    try {
+      const res = await callWeb((web) => web.lesson_run_json(JSON.stringify(opts)));
+      emit("done", res.result);
+      return res;
+    } finally {
+      busy = false;
+    }
+  },
+
   /** Stop the running generation after the current token (its stop_reason: "stopped"), or
    *  the running profile after the current model run (it rejects, err.kind "stopped"). */
   stop() { if (busy) stopRequested = true; return busy; },

@@ -13,6 +13,7 @@
 // ---- small helpers --------------------------------------------------------------------
 
 import { $, el } from "./dom.js";
+import { BITS, SHADES, hexRgb, paintKeepMap } from "./keepmap.js";
 
 /** Bytes in binary units, as engineers read them: 0 B, 980 B, 45.0 KiB, 2.61 MiB. */
 export function fmtBytes(n) {
@@ -639,23 +640,6 @@ new ResizeObserver(() => {
 // band still shows), with fewer a position spans several columns. At most once a frame.
 
 const MAP_ROW = 5, MAP_GAP = 1;   // CSS px: a layer's row, the gap between rows
-const MAP_STOPS = ["#ebe8df", "#a9d3d8", "#4f9ca7", "#17545d"];   // kept by none … all heads
-const BITS = new Uint8Array(128);  // map character → heads keeping the entry
-for (let c = 0; c < 128; c++) {
-  const v = parseInt(String.fromCharCode(c), 32);
-  BITS[c] = Number.isNaN(v) ? 0 : v.toString(2).split("").filter((b) => b === "1").length;
-}
-const hexRgb = (h) => [1, 3, 5].map((i) => parseInt(h.slice(i, i + 2), 16));
-/** 256 shades, kept share 0 … 1 (ABGR words for ImageData); k/3 lands exactly on a stop. */
-const SHADES = (() => {
-  const stops = MAP_STOPS.map(hexRgb), lut = new Uint32Array(256);
-  for (let i = 0; i < 256; i++) {
-    const f = (i / 255) * (stops.length - 1), j = Math.min(stops.length - 2, Math.floor(f)), t = f - j;
-    const [r, g, b] = [0, 1, 2].map((k) => Math.round(stops[j][k] + (stops[j + 1][k] - stops[j][k]) * t));
-    lut[i] = ((255 << 24) | (b << 16) | (g << 8) | r) >>> 0;
-  }
-  return lut;
-})();
 const shadeIndex = (k, heads) => Math.round((k / heads) * 255);
 const shadeRgb = (i) => [SHADES[i] & 255, (SHADES[i] >> 8) & 255, (SHADES[i] >> 16) & 255];
 let mapQueued = false;
@@ -683,22 +667,7 @@ function drawMap() {
   const ctx = cv.getContext("2d");
   ctx.clearRect(0, 0, W, H);
   if (T > 0) {
-    const img = ctx.createImageData(W, H);   // transparent: the gaps show the card
-    const px = new Uint32Array(img.data.buffer);
-    const row = new Uint32Array(W);
-    const scale = 255 / (m.kv_heads || 1);
-    for (let l = 0; l < L; l++) {
-      const s = m.layers[l] || "";
-      for (let x = 0; x < W; x++) {
-        const a = Math.floor((x * T) / W);
-        const b = Math.max(a + 1, Math.floor(((x + 1) * T) / W));
-        let k = 0;
-        for (let p = a; p < b; p++) k += BITS[s.charCodeAt(p)] || 0;
-        row[x] = SHADES[Math.round((k / (b - a)) * scale)];
-      }
-      for (let y = 0, y0 = l * (rowH + gap); y < rowH; y++) px.set(row, (y0 + y) * W);
-    }
-    ctx.putImageData(img, 0, 0);
+    paintKeepMap(ctx, m.layers, T, m.kv_heads, { W, rowH, gap });
     if (m.prompt > 0 && m.prompt < T) {   // where the prompt ends and the generated tokens begin
       ctx.fillStyle = cssVar("--boundary");
       ctx.fillRect(Math.min(W - 1, Math.round((m.prompt / T) * W)), 0, Math.max(1, Math.round(dpr)), H);

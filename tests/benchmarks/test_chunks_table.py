@@ -17,6 +17,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "benchmarks" / "chunks_table.py"
+RESULTS = REPO / "results" / "chunks.jsonl"
 
 pytestmark = pytest.mark.slow
 
@@ -36,14 +37,30 @@ def test_the_command_runs_and_renders(bundle, head_profile, tmp_path):
     r = subprocess.run(args, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     got = [json.loads(line) for line in out.read_text().splitlines()]
-    assert [x["row"] for x in got] == ["full", "chunks k=1 r=256"]  # importance runs only at 4,096
-    chunks = got[1]["result"]
+    assert [x["row"] for x in got] == rows
+    chunks, imp = got[1]["result"], got[2]["result"]
     assert chunks["routing_accuracy"] is not None and chunks["ratio_vs_fp32"] > 1
+    assert imp["routing_accuracy"] is None and imp["policy"]["importance"]["signal"] == "question"
     assert got[0]["result"]["score"] == got[0]["result"]["score_full"]
     again = subprocess.run(args, capture_output=True, text=True)  # every row is there: nothing to do
-    assert again.returncode == 0 and len(out.read_text().splitlines()) == 2
+    assert again.returncode == 0 and len(out.read_text().splitlines()) == 3
     table = subprocess.run([sys.executable, str(SCRIPT), "--render", "--out", str(out)], capture_output=True, text=True)
     assert table.returncode == 0
+
+
+def test_a_committed_row_recomputes(profiled_engine):
+    """The committed chunks k = 1, r = 256 row of multi-needle at 4,096: its first question,
+    recomputed (n = 1, ~1.5 min), gives the committed answers, the same share of the fact
+    kept and the same routing."""
+    from kvlab.evaluate import evaluate
+
+    rows = [json.loads(line) for line in RESULTS.read_text().splitlines()]
+    row = next(r for r in rows if (r["row"], r["task"], r["context"]) == ("chunks k=1 r=256", "multi-needle", 4096))
+    want = row["result"]["questions"][0]
+    got = evaluate(profiled_engine, "multi-needle", row["policy"], context=4096, seed=row["result"]["seed"], n=1)
+    q = got["questions"][0]
+    for key in ("key", "code", "answer", "correct", "crossover", "answer_full", "kept", "routed"):
+        assert q[key] == want[key], key
 
 
 def test_importance_rows_keep_the_recipes_entries(profiled_engine):
