@@ -3,6 +3,8 @@
   python -m kvlab tokenize TEXT                      → JSON list of token ids
   python -m kvlab generate --prompt TEXT [--question TEXT] [--chat] [--max-new-tokens N] [--policy JSON]
                            [--temperature T] [--top-k K] [--top-p P] [--seed S] [--json]
+  python -m kvlab compare --prompt TEXT [--policy-a JSON] --policy-b JSON [generate's options] [--json]
+                                                     → both runs, KL(A‖B) and top-1 per position (kvlab.compare)
   python -m kvlab cachemap --prompt TEXT [--question TEXT] [--chat] [--max-new-tokens N] [--policy JSON] [--json]
                                                      → per layer and KV head, the positions kept
   python -m kvlab techniques                         → the registry, as JSON
@@ -51,19 +53,29 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("text")
     t.add_argument("--chat", action="store_true", help="render TEXT as a user turn of the chat template first")
 
+    def generation(g, policies=("--policy",)):  # what generate and compare share
+        g.add_argument("--prompt", required=True)
+        g.add_argument("--question", default="", help="read right after the prompt as its question (chunks and "
+                       "importance read it apart, to route by its attention)")
+        g.add_argument("--chat", action="store_true", help="wrap the prompt in the chat template")
+        g.add_argument("--max-new-tokens", type=int, default=64)
+        for flag in policies:
+            g.add_argument(flag, default="{}", help='JSON, e.g. \'{"quant": {"k_bits": 4, "v_bits": 8}}\' '
+                           '(default {}: the full fp32 cache)')
+        g.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+        g.add_argument("--top-k", type=int, default=0)
+        g.add_argument("--top-p", type=float, default=1.0)
+        g.add_argument("--seed", type=int, default=0)
+        g.add_argument("--ignore-eos", action="store_true", help="always make --max-new-tokens tokens")
+
     g = sub.add_parser("generate", help="generate text through the compressed cache")
-    g.add_argument("--prompt", required=True)
-    g.add_argument("--question", default="", help="read right after the prompt as its question (chunks and "
-                   "importance read it apart, to route by its attention)")
-    g.add_argument("--chat", action="store_true", help="wrap the prompt in the chat template")
-    g.add_argument("--max-new-tokens", type=int, default=64)
-    g.add_argument("--policy", default="{}", help='JSON, e.g. \'{"quant": {"k_bits": 4, "v_bits": 8}}\'')
-    g.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
-    g.add_argument("--top-k", type=int, default=0)
-    g.add_argument("--top-p", type=float, default=1.0)
-    g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--ignore-eos", action="store_true", help="always make --max-new-tokens tokens")
+    generation(g)
     g.add_argument("--json", action="store_true", help="print one JSON object (else: the text, then a summary)")
+
+    cmp = sub.add_parser("compare", help="one prompt under two policies: both runs, KL(A||B) and top-1 per position "
+                         "(kvlab.compare)")
+    generation(cmp, ("--policy-a", "--policy-b"))
+    cmp.add_argument("--json", action="store_true", help="print one JSON object (else both texts and a summary)")
 
     c = sub.add_parser("cachemap", help="read a prompt under a policy; print which positions each KV head keeps")
     c.add_argument("--prompt", required=True)
@@ -143,7 +155,11 @@ def main(argv: list[str] | None = None) -> int:
 
         # validate the cheap things before loading 270 MB
         from .policy import parse_policy
-        parse_policy(args.policy)
+        for side, text in _policies(args):
+            try:
+                parse_policy(text)
+            except PolicyError as e:
+                raise PolicyError(f"policy {side}: {e}" if side else str(e)) from None
 
         from .host.native import NativeHost
         host = NativeHost(args.artifacts or default_dir(), simd=not args.scalar, threads=args.threads)
@@ -161,9 +177,11 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         req = Request(
             prompt=args.prompt, question=args.question, chat=args.chat, max_new_tokens=args.max_new_tokens,
-            policy=args.policy, temperature=args.temperature, top_k=args.top_k,
+            policy=getattr(args, "policy", None), temperature=args.temperature, top_k=args.top_k,
             top_p=args.top_p, seed=args.seed, ignore_eos=args.ignore_eos,
         )
+        if args.command == "compare":
+            return _compare(engine, req, args)
         if args.json:
             print(json.dumps(engine.generate(req)))
         else:
@@ -182,6 +200,31 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(str(e), 2)
     except (ArtifactError, StoreError) as e:
         return _fail(str(e), 1)
+
+
+def _policies(args) -> list[tuple[str, str]]:
+    """(side, policy JSON) of a command: ("", --policy), or ("A", …), ("B", …) for compare."""
+    if args.command == "compare":
+        return [("A", args.policy_a), ("B", args.policy_b)]
+    return [("", args.policy)]
+
+
+def _compare(engine, req, args) -> int:
+    from .compare import compare
+
+    res = compare(engine, req, args.policy_a, args.policy_b)
+    if args.json:
+        print(json.dumps(res))
+        return 0
+    for side in ("a", "b"):
+        r = res[side]
+        print(f"--- {side.upper()} {json.dumps(r['policy'])}: {r['cache_bytes']:,} B held, "
+              f"{r['ms_per_token']} ms/token\n{r['text']}")
+    d = res["first_divergence"]
+    print(f"--- KL(A||B) mean {res['kld_mean']} nats, top-1 agreement {res['top1_agreement']} over "
+          f"{len(res['kld'])} positions; the texts part at token {d if d is not None else '- (never)'}; "
+          f"A holds {res['ratios']['cache_bytes']}x B's bytes", file=sys.stderr)
+    return 0
 
 
 def _head_profile(args) -> dict | None:

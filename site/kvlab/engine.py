@@ -178,10 +178,11 @@ class Engine:
         """``generate`` for hosts whose model runs asynchronously (``await host.run_async``)."""
         return await self.drive_async(self.steps(req, on_token, should_stop))
 
-    def steps(self, req: Request, on_token=None, should_stop=None):
+    def steps(self, req: Request, on_token=None, should_stop=None, on_logits=None):
         """The generation loop as a generator: yields (ids, positions, step table) for each
         model run it needs, returns the result object. Bad input raises before the store
-        is touched."""
+        is touched. ``on_logits(j, ptr)``: called with the logits each generated token j is
+        chosen from, before it is (``kvlab.compare`` keeps them)."""
         ids, pol = self.check(req)
         host, store, now = self.host, self.store, self.host.now_ms
         store.reset()
@@ -202,6 +203,8 @@ class Engine:
         stop_reason = "length"
         t_tok = t0
         while True:
+            if on_logits is not None:
+                on_logits(len(out), logits)
             tok = store.sample(logits, self.config["vocab"], req.temperature, req.top_k, req.top_p)
             out.append(tok)
             t_now = now()

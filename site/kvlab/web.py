@@ -154,6 +154,37 @@ def reset_json() -> str:
     return json.dumps(reset())
 
 
+# ---- compare -------------------------------------------------------------------------------
+
+#: compare's options: generate's, with two policies instead of one
+COMPARE_OPTIONS = [k for k in OPTIONS if k != "policy"] + ["policyA", "policyB"]
+
+
+async def compare(opts: dict) -> dict:
+    """``kvlab.compare``: the object of ``python -m kvlab compare --json`` (``kvlab.compare``),
+    or {"error": ...}. Token events carry ``side`` ("a" or "b"): the compare panel's, not
+    the main meter's."""
+    from .compare import compare_async
+
+    if _engine is None:
+        return {"error": "the engine is not started yet", "kind": "internal"}
+    try:
+        check_options(opts, COMPARE_OPTIONS, "compare")
+        req = request({k: v for k, v in opts.items() if k not in ("policyA", "policyB")})
+        on_token = None if _emit is None else (lambda side, ev: _emit(json.dumps(ev | {"side": side})))
+        return await compare_async(_engine, req, opts.get("policyA"), opts.get("policyB"), on_token=on_token,
+                                   should_stop=_should_stop)
+    except (InputError, PolicyError) as e:
+        return {"error": str(e), "kind": "input"}
+    except StoreError as e:
+        _engine.store.reset()
+        return {"error": str(e), "kind": "store"}
+
+
+async def compare_json(opts_json: str) -> str:
+    return await _json_call(compare, opts_json)
+
+
 # ---- lessons ------------------------------------------------------------------------------
 
 def lesson_item(spec: dict) -> dict:

@@ -279,6 +279,22 @@ const api = {
     }
   },
 
+  /** One prompt under two policies, A then B on the one store, and B teacher-forced on A's
+   *  tokens: resolves with the object of `python -m kvlab compare --json` ({prompt_ids, a, b,
+   *  kld, top1, kld_mean, top1_agreement, first_divergence, ratios}). opts: generate's, with
+   *  policyA (default: the full cache) and policyB instead of policy. Its kvlab:token events
+   *  carry side: "a" | "b". */
+  async compare(opts = {}) {
+    if (busy) throw new Error("the engine is busy: wait for it, or call kvlab.stop()");
+    busy = true;
+    stopRequested = false;
+    try {
+      return await callWeb((web) => web.compare_json(JSON.stringify(opts)));
+    } finally {
+      busy = false;
+    }
+  },
+
   /** Measure a policy's quality against the full cache; resolves with the object of
    *  `python -m kvlab eval --json`. opts: {task, policy, context, seed, n, positions}. */
   async evaluate(opts = {}) {

@@ -945,6 +945,7 @@ function beginRun() {
 
 function onToken(ev) {
   const d = ev.detail || {};
+  if (d.side) return;   // a compare run's: the compare panel shows it (compare.js)
   if (d.index === 0 || !state.run || state.run.done) beginRun();
   const run = state.run;
   appendToken(d.text);
