@@ -5,6 +5,8 @@
                            [--temperature T] [--top-k K] [--top-p P] [--seed S] [--json]
   python -m kvlab compare --prompt TEXT [--policy-a JSON] --policy-b JSON [generate's options] [--json]
                                                      → both runs, KL(A‖B) and top-1 per position (kvlab.compare)
+  python -m kvlab chat [--policy JSON] [--max-new-tokens N] [--json] < turns.txt
+                                                     → a conversation on one cache, a turn per line (kvlab.conversation)
   python -m kvlab cachemap --prompt TEXT [--question TEXT] [--chat] [--max-new-tokens N] [--policy JSON] [--json]
                                                      → per layer and KV head, the positions kept
   python -m kvlab techniques                         → the registry, as JSON
@@ -101,6 +103,15 @@ def _parser() -> argparse.ArgumentParser:
                    help="for the full-cache policy, compare the reference pass with itself (half the time)")
     e.add_argument("--json", action="store_true", help="print one JSON object (else a short summary)")
 
+    ch = sub.add_parser("chat", help="a conversation on one cache: one turn per line of standard input (kvlab.conversation)")
+    ch.add_argument("--policy", default="{}", help="JSON policy of the whole conversation (default {}: full fp32)")
+    ch.add_argument("--max-new-tokens", type=int, default=64, help="per reply")
+    ch.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+    ch.add_argument("--top-k", type=int, default=0)
+    ch.add_argument("--top-p", type=float, default=1.0)
+    ch.add_argument("--seed", type=int, default=0)
+    ch.add_argument("--json", action="store_true", help="print one JSON object per turn (JSON lines)")
+
     les = sub.add_parser("lesson", help="run a lesson's question under each of its policies (kvlab.lesson)")
     les.add_argument("id", help="the lesson's id in lessons.json")
     les.add_argument("--lessons", help="lessons.json (default: the page's, site/static/lessons.json)")
@@ -164,6 +175,8 @@ def main(argv: list[str] | None = None) -> int:
         from .host.native import NativeHost
         host = NativeHost(args.artifacts or default_dir(), simd=not args.scalar, threads=args.threads)
         engine = Engine(host, profile=_head_profile(args))
+        if args.command == "chat":
+            return _chat(engine, args)
         if args.command == "cachemap":
             res = engine.generate(Request(prompt=args.prompt, question=args.question, chat=args.chat,
                                           max_new_tokens=args.max_new_tokens, policy=args.policy))
@@ -200,6 +213,32 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(str(e), 2)
     except (ArtifactError, StoreError) as e:
         return _fail(str(e), 1)
+
+
+def _chat(engine, args) -> int:
+    """Turns from standard input, one a line; each reply as it is made (or a JSON line per
+    turn). A turn the engine refuses is said on stderr and the conversation goes on."""
+    from .conversation import Conversation
+    from .engine import InputError, Request
+
+    conv = Conversation(engine, args.policy, seed=args.seed)
+    failed = False
+    for line in sys.stdin:
+        message = line.rstrip("\n")
+        req = Request(prompt=message, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+                      top_k=args.top_k, top_p=args.top_p, seed=args.seed)
+        try:
+            if args.json:
+                print(json.dumps(conv.turn(message, req)), flush=True)
+                continue
+            res = conv.turn(message, req, on_token=lambda ev: (sys.stdout.write(ev["text"]), sys.stdout.flush()))
+        except InputError as e:
+            failed = True
+            print(f"error: {e}", file=sys.stderr)
+            continue
+        print(f"\n--- turn {res['turn']}: read {len(res['prompt_ids'])} new tokens from position {res['read_from']}; "
+              f"cache {res['cache_bytes']:,} B for {res['tokens_cached']} tokens", file=sys.stderr)
+    return 2 if failed else 0
 
 
 def _policies(args) -> list[tuple[str, str]]:

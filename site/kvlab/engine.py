@@ -184,7 +184,7 @@ class Engine:
         is touched. ``on_logits(j, ptr)``: called with the logits each generated token j is
         chosen from, before it is (``kvlab.compare`` keeps them)."""
         ids, pol = self.check(req)
-        host, store, now = self.host, self.store, self.host.now_ms
+        store, now = self.store, self.host.now_ms
         store.reset()
         pol.configure(store)
         store.seed(req.seed)
@@ -192,9 +192,17 @@ class Engine:
         t0 = now()
         question = len(self.question_ids(req))
         logits = yield from self.runs(ids, 0, pol, "prompt", question=question)  # read the prompt
-        pos = len(ids)
-        prefill_ms = now() - t0
+        res = yield from self.decode(req, pol, logits, len(ids), t0, on_token, should_stop, on_logits)
+        return {"prompt_ids": ids, **res}
 
+    def decode(self, req: Request, pol: Applied, logits: int, pos: int, t0: float, on_token=None,
+               should_stop=None, on_logits=None, event: dict | None = None):
+        """The decode loop from the logits of a read prompt (its last position ``pos`` - 1,
+        read since ``t0``): sample, report, feed back, until a stop token, the length or
+        ``should_stop``. A generator of model runs; returns the result object but for
+        ``prompt_ids``. ``event``: fields every token event also carries (a chat's turn)."""
+        host, store, now = self.host, self.store, self.host.now_ms
+        prefill_ms = now() - t0
         decoder = self.tokenizer.stream_decoder()
         out: list[int] = []
         bytes_per_step: list[int] = []
@@ -219,7 +227,7 @@ class Engine:
                 ev = self._token_event(len(out) - 1, tok, piece, cache_bytes, step_ms[-1])
                 if req.cache_map:
                     ev["cache_map"] = self.cache_map(positions=False)
-                on_token(ev)
+                on_token(ev | (event or {}))
             if is_stop:
                 stop_reason = "eos"
                 break
@@ -234,7 +242,6 @@ class Engine:
 
         decode_ms = step_ms[1:]  # step 0 is the prompt's
         return {
-            "prompt_ids": ids,
             "ids": out,
             "text": "".join(text_parts),
             "stop_reason": stop_reason,

@@ -117,6 +117,8 @@ class KVStore:
         self.n_q_heads = 0
         self.head_dim = 0
         self.vocab = 0
+        #: resets so far: a conversation notices that another run emptied the cache
+        self.resets = 0
 
     def call(self, name: str, *args: int | float) -> int:
         """Call an export by name; a negative return (an error code) is raised as StoreError."""
@@ -225,6 +227,7 @@ class KVStore:
     def reset(self) -> None:
         """Drop all tokens; their memory goes back to the store's allocator (formats stay)."""
         self.call("kv_reset")
+        self.resets += 1
 
     def set_limit(self, max_bytes: int) -> None:
         """Cap the store's heap (<= 0: no cap beyond the 2 GiB wasm maximum)."""

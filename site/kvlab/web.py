@@ -144,9 +144,11 @@ async def generate_json(opts_json: str) -> str:
 def reset() -> dict:
     """Empty the store (its memory goes back to the allocator); returns the meter, read
     from the store (zeros, but for whatever working memory it keeps)."""
+    global _conversation
     if _engine is None:
         return {"error": "the engine is not started yet", "kind": "internal"}
     _engine.store.reset()
+    _conversation = None
     return _engine.meter()
 
 
@@ -183,6 +185,51 @@ async def compare(opts: dict) -> dict:
 
 async def compare_json(opts_json: str) -> str:
     return await _json_call(compare, opts_json)
+
+
+# ---- chat: turns on one cache --------------------------------------------------------------
+
+_conversation = None  # kvlab.conversation.Conversation of the page's chat panel
+CHAT_OPTIONS = ["message", "new", "policy", "maxNewTokens", "temperature", "topK", "topP", "seed", "cacheMap"]
+
+
+async def chat(opts: dict) -> dict:
+    """``kvlab.chat``: one turn of the conversation (a new one with ``new``, or when there is
+    none): ``Conversation.turn``'s object, or {"error": ...} with the conversation as it
+    was. The policy is the first turn's; a later turn naming another is refused. Token
+    events carry ``turn``."""
+    global _conversation
+    from .conversation import Conversation
+
+    if _engine is None:
+        return {"error": "the engine is not started yet", "kind": "internal"}
+    try:
+        check_options(opts, CHAT_OPTIONS, "chat")
+        new = opts.get("new", False)
+        if not isinstance(new, bool):
+            raise InputError(f"new must be true or false, got {new!r}")
+        gen = {k: v for k, v in opts.items() if k not in ("message", "new", "policy")}
+        req = request(gen | {"prompt": "-"})
+        conv = _conversation
+        if new or conv is None:
+            conv = Conversation(_engine, opts.get("policy"), seed=req.seed)
+        elif "policy" in opts and _engine.apply(opts["policy"]).policy != conv.pol.policy:
+            raise InputError("this conversation runs under its first turn's policy; start a new conversation to change it")
+        sink = token_sink(req)
+        res = await _engine.drive_async(conv.turn_steps(opts.get("message"), req, on_token=sink,
+                                                        should_stop=_should_stop))
+        _conversation = conv
+        return res
+    except (InputError, PolicyError) as e:
+        return {"error": str(e), "kind": "input"}
+    except StoreError as e:
+        _engine.store.reset()
+        _conversation = None
+        return {"error": str(e), "kind": "store"}
+
+
+async def chat_json(opts_json: str) -> str:
+    return await _json_call(chat, opts_json)
 
 
 # ---- lessons ------------------------------------------------------------------------------

@@ -295,6 +295,22 @@ const api = {
     }
   },
 
+  /** One chat turn on the cache the earlier turns left (kvlab.conversation): resolves with
+   *  `python -m kvlab chat --json`'s object for the turn ({turn, read_from, prompt_ids: the
+   *  tokens this turn read, ids, text, …the meter}). opts: {message, new, policy,
+   *  maxNewTokens, temperature, topK, topP, seed, cacheMap}; `new: true` (or no
+   *  conversation yet) starts one under `policy`. Token events carry `turn`. reset() ends it. */
+  async chat(opts = {}) {
+    if (busy) throw new Error("the engine is busy: wait for it, or call kvlab.stop()");
+    busy = true;
+    stopRequested = false;
+    try {
+      return await callWeb((web) => web.chat_json(JSON.stringify(opts)));
+    } finally {
+      busy = false;
+    }
+  },
+
   /** Measure a policy's quality against the full cache; resolves with the object of
    *  `python -m kvlab eval --json`. opts: {task, policy, context, seed, n, positions}. */
   async evaluate(opts = {}) {

@@ -932,23 +932,25 @@ new ResizeObserver(() => queueKeys()).observe(ui.keys);
 // either way. Until then the previous run stays on screen, so a refused request (bad input)
 // leaves the page exactly as it was.
 
-function beginRun() {
+function beginRun(chat = false) {
   if (state.run && state.run.x.length > 1) state.ghost = { x: state.run.x, held: state.run.held, label: state.run.label };
   const now = performance.now();
   state.run = { x: [0], held: [0], fp32: [0], fp16: [0], working: [0], ms: [], count: 0, t0: state.pending?.t0 ?? now, last: now,
-    label: state.pending?.label ?? "a script's run", prompt: null, texts: [], sawMap: false };
-  if (!state.pending) startOutput(null, false);   // a script's run: its prompt is not known here
+    label: state.pending?.label ?? (chat ? "the chat" : "a script's run"), prompt: null, texts: [], sawMap: false, chat };
+  if (!state.pending && !chat) startOutput(null, false);   // a script's run: its prompt is not known here
   state.pending = null;
   zeroMeter();
-  ui.outputStatus.textContent = "generating…";
+  if (!chat) ui.outputStatus.textContent = "generating…";
 }
 
 function onToken(ev) {
   const d = ev.detail || {};
   if (d.side) return;   // a compare run's: the compare panel shows it (compare.js)
-  if (d.index === 0 || !state.run || state.run.done) beginRun();
+  // a chat turn's (chat.js shows its text): the meter, chart and map go on across turns
+  const chat = d.turn !== undefined;
+  if (chat ? !state.run?.chat || (d.turn === 0 && d.index === 0) : d.index === 0 || !state.run || state.run.done) beginRun(chat);
   const run = state.run;
-  appendToken(d.text);
+  if (!chat) appendToken(d.text);
   setMeter(d);
   run.x.push(d.tokens_cached);
   run.held.push(d.cache_bytes);

@@ -1,0 +1,76 @@
+"""The chat panel: turns on one cache, as a person types them, equal to the native
+conversation; 20 chat-and-reset cycles leave the store's heap where the first left it; a
+turn that would pass the context is refused in words and loses nothing."""
+
+from __future__ import annotations
+
+import pytest
+
+from kvlab.conversation import Conversation
+from kvlab.engine import Request
+
+TURNS = ["What is the capital of France?", "And of Italy?", "Which of the two is bigger?"]
+N = 12
+RUN_TIMEOUT_MS = 300_000
+
+
+@pytest.fixture
+def page(browser):
+    p = browser.page
+    p.evaluate("kvlab.reset()")  # a new conversation; the Techniques panel is at the full cache
+    p.fill("#chat-max", str(N))
+    yield p
+    p.evaluate("kvlab.reset()")
+
+
+def send(page, message: str) -> None:
+    turns = int(page.evaluate("document.getElementById('chat-card').dataset.turns || '0'"))
+    page.fill("#chat-message", message)
+    page.click("#chat-send")
+    page.wait_for_function(f"Number(document.getElementById('chat-card').dataset.turns) > {turns} || "
+                           "document.querySelector('#chat-status.error')", timeout=RUN_TIMEOUT_MS, polling=200)
+
+
+def test_three_turns_keep_the_cache_as_native(page, engine, browser):
+    native = Conversation(engine, {})
+    for i, msg in enumerate(TURNS):
+        send(page, msg)
+        assert page.evaluate("document.querySelector('#chat-status.error')") is None
+        want = native.turn(msg, Request(prompt=msg, max_new_tokens=N))
+        got = page.evaluate(f"""(() => {{ const b = document.querySelector('#chat-log .bubble.model[data-turn="{i}"]');
+            return {{ids: b.dataset.ids.split(',').map(Number), text: b.querySelector('.said').textContent,
+                     figures: b.querySelector('.turn-figures').textContent}}; }})()""")
+        assert got["ids"] == want["ids"] and got["text"] == want["text"]
+        # only the new turn was read, from where the cache ended
+        assert f"read {len(want['prompt_ids'])} new tokens from position {want['read_from']}" in got["figures"]
+    # the main meter followed the conversation: it shows the tokens the cache holds now
+    assert page.text_content("#stat-tokens").replace(",", "") == str(want["tokens_cached"])
+    assert browser.blocked == []
+
+
+def test_a_turn_past_the_context_loses_nothing(page):
+    send(page, TURNS[0])
+    page.fill("#chat-max", "8192")
+    send(page, TURNS[1])
+    assert "more than the model's context" in page.text_content("#chat-status")
+    assert page.input_value("#chat-message") == TURNS[1]  # the message is kept
+    assert page.evaluate("document.querySelectorAll('#chat-log .bubble').length") == 2
+    page.fill("#chat-max", str(N))
+    send(page, TURNS[1])
+    assert page.evaluate("document.getElementById('chat-card').dataset.turns") == "2"
+
+
+def test_chat_and_reset_cycles_do_not_grow_the_heap(page):
+    """20 cycles of two turns and a reset: the store's heap after the first is its heap after all."""
+    heaps = page.evaluate("""async (n) => {
+        const heaps = [];
+        for (let i = 0; i < 20; i++) {
+            await kvlab.chat({message: 'Tell me a fact about cats.', new: true, maxNewTokens: n});
+            await kvlab.chat({message: 'And one about dogs?', maxNewTokens: n});
+            await kvlab.reset();
+            heaps.push(kvlab._host.exports.kv_heap_bytes());
+        }
+        return heaps;
+    }""", 8)
+    assert len(heaps) == 20 and heaps[0] > 0
+    assert heaps[-1] == heaps[0], heaps
