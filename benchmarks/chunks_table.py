@@ -37,6 +37,7 @@ from kvlab.artifacts import default_dir, default_profile
 from kvlab.engine import Engine
 from kvlab.evaluate import evaluate
 from kvlab.host.native import NativeHost
+from kvlab.results import SEED_004
 
 REPO = Path(__file__).resolve().parent.parent
 CELLS = [("needle", 4096), ("multi-hop", 4096), ("multi-needle", 4096), ("needle", 8128)]
@@ -64,20 +65,6 @@ ROWS = {
     "importance max": ("max", None),
     "importance tail": ("tail", None),
     "importance question": ("question", None),
-}
-
-
-# Seed 004's own numbers (Qwen2.5-1.5B; its needle row is at 16k tokens), shown beside this
-# model's by --render: (task, row) -> what the seed reports
-SEED = {
-    ("needle", "full"): "2/3 · 881 MB (16k)",
-    ("needle", "chunks k=3 r=1024"): "2/3 · 87 MB (10×, 16k)",
-    ("multi-hop", "full"): "6/6 · 224 MB",
-    ("multi-hop", "chunks k=3 r=1024"): "6/6 · 67 MB (3.4×)",
-    ("multi-needle", "full"): "6/6 · 223 MB",
-    ("multi-needle", "chunks k=1 r=256"): "5/6 · 22 MB (10×)",
-    ("multi-needle", "routing, no summaries, k=1 r=256"): "0/6, routing right",
-    ("multi-needle", "importance question"): "crossovers (right name, another fact's digits)",
 }
 
 
@@ -183,7 +170,7 @@ def render(args) -> None:
     print("\nBeside the seed (match · KV cache; here: MiB and ×fp32 at the cell's context):\n")
     print("| task | row | seed 004, Qwen2.5-1.5B | SmolLM2-135M, here |")
     print("|---|---|---|---|")
-    for (task, name), theirs in SEED.items():
+    for (task, name), theirs in SEED_004.items():
         ours = [f"{c}: {cell_text(by[(name, t, c)])} · {by[(name, t, c)]['cache_bytes'] / 2 ** 20:.1f} MiB "
                 f"({by[(name, t, c)]['ratio_vs_fp32']:.1f}×)" for t, c in cells if t == task and (name, t, c) in by]
         print(f"| {task} | {name} | {theirs} | {'; '.join(ours) or '–'} |")

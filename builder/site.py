@@ -16,6 +16,9 @@
                               per build; the profile page shows them and can rerun them)
     lessons_recorded.json     every live lesson run natively (``builder.lessons``): what the
                               page replays where a live run is too slow or impossible
+    results_all.json, results.csv
+                              every committed result as a point (compression vs fp32, KL,
+                              score, provenance) and seed 004's rows: the results page
     results.json              seed 001's table on this model beside the seed's (``kvlab.results``,
                               from the committed results/quant.jsonl; the profile page shows it)
     model/model.onnx.part0..N the model in parts of ≤ 64 MB (a single 270 MB Cache API
@@ -44,7 +47,8 @@ SITE = paths.REPO / "site"
 TEMPLATES = SITE / "templates"
 STATIC = SITE / "static"
 NODE = paths.REPO / "node_modules"
-RESULTS = paths.REPO / "results" / "quant.jsonl"
+RESULTS_DIR = paths.REPO / "results"
+RESULTS = RESULTS_DIR / "quant.jsonl"
 
 #: bytes per model part: under the Cache API's per-entry limit of incognito profiles
 PART_BYTES = 64 << 20
@@ -122,6 +126,23 @@ def kvlab_zip(dst: Path) -> None:
             z.writestr(info, f.read_bytes())
 
 
+def write_points(dst: Path) -> dict:
+    """``results_all.json`` and ``results.csv``: every committed result as a point, and seed
+    004's rows beside the seed's (``kvlab.results``), for the results page."""
+    from kvlab.results import points, read_lines, seed_004, to_csv
+
+    lines = {name: read_lines(RESULTS_DIR / f"{name}.jsonl") if (RESULTS_DIR / f"{name}.jsonl").exists() else []
+             for name in ("quant", "eviction", "chunks")}
+    pts = points(lines["quant"], lines["eviction"], lines["chunks"])
+    doc = {"format": "kvlab-results-all-1", "model": "SmolLM2-135M-Instruct", "points": pts,
+           "seed_004": seed_004(lines["chunks"]),
+           "sources": {name: f"results/{name}.jsonl ({len(v)} lines; python benchmarks/{name}_table.py)"
+                       for name, v in lines.items()}}
+    (dst / "results_all.json").write_text(json.dumps(doc, separators=(",", ":")) + "\n")
+    (dst / "results.csv").write_text(to_csv(pts), encoding="utf-8")
+    return doc
+
+
 def _place(src: Path, dst: Path) -> None:
     """Hard-link when possible (the model's 270 MB), else copy."""
     dst.parent.mkdir(parents=True, exist_ok=True)
@@ -177,6 +198,7 @@ def build_site(bundle: Path, dist: Path = DIST) -> Path:
 
         results = seed_001(read_lines(RESULTS))
         (tmp / "results.json").write_text(json.dumps(results, indent=1) + "\n")
+    results_all = write_points(tmp)
     if STATIC.is_dir():
         for f in sorted(STATIC.rglob("*")):
             if f.is_file():
@@ -206,7 +228,7 @@ def build_site(bundle: Path, dist: Path = DIST) -> Path:
     )
     for t in sorted(TEMPLATES.glob("*.html")):
         html = env.get_template(t.name).render(manifest=manifest, config=config, versions=versions,
-                                               results=results)
+                                               results=results, results_all=results_all)
         (tmp / t.name).write_text(html, encoding="utf-8")
     (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
 
