@@ -7,7 +7,7 @@
 // B's top token differs from A's. The numbers are the object `python -m kvlab compare
 // --json` prints.
 
-import { $, el } from "./dom.js";
+import { $, download, el } from "./dom.js";
 import { composePolicy, fmtBytes } from "./ui.js";
 
 const root = $("#compare");
@@ -126,6 +126,7 @@ function show(res) {
     ` (teacher-forced on A's tokens) · top-1 agreement ${((res.top1_agreement ?? 0) * 100).toFixed(0)}% · ` +
     (same ? "the same text" : `the texts part at token ${at + 1}`) +
     ` · B holds ${fmtX(res.ratios.cache_bytes)} fewer bytes than A`;
+  $("#compare-download").disabled = false;
   root.dataset.done = String(Number(root.dataset.done || 0) + 1);
 }
 
@@ -167,6 +168,9 @@ function init() {
   $("#compare-run").addEventListener("click", run);
   $("#compare-take-b").addEventListener("click", () => {
     $("#compare-policy-b").value = JSON.stringify(composePolicy());
+  });
+  $("#compare-download").addEventListener("click", () => {
+    if (state.last) download("kvlab-compare.json", JSON.stringify(state.last, null, 1));
   });
   window.addEventListener("kvlab:token", onToken);
   const enable = () => { $("#compare-run").disabled = false; };

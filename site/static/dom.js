@@ -1,4 +1,4 @@
-// KV Cache Lab: the two DOM helpers the pages share (ui.js, profile.js).
+// KV Cache Lab: the DOM helpers the pages share (ui.js, profile.js, compare.js, …).
 
 /** The first element matching a selector (in root, default the document). */
 export const $ = (sel, root = document) => root.querySelector(sel);
@@ -23,3 +23,14 @@ export const el = (tag, attrs = {}, ...kids) => {
   e.append(...kids.filter((kid) => kid !== null && kid !== undefined));
   return e;
 };
+
+/** Save `text` as a file named `name` (a run's JSON, a table's CSV): what the page shows,
+ *  as the CLI would print it. */
+export function download(name, text, type = "application/json") {
+  const url = URL.createObjectURL(new Blob([text], { type }));
+  const a = el("a", { href: url, download: name, hidden: true });
+  document.body.append(a);
+  a.click();
+  a.remove();
+  setTimeout(() => URL.revokeObjectURL(url), 0);
+}

@@ -12,7 +12,7 @@
 
 // ---- small helpers --------------------------------------------------------------------
 
-import { $, el } from "./dom.js";
+import { $, download, el } from "./dom.js";
 import { BITS, SHADES, hexRgb, paintKeepMap } from "./keepmap.js";
 
 /** Bytes in binary units, as engineers read them: 0 B, 980 B, 45.0 KiB, 2.61 MiB. */
@@ -452,6 +452,8 @@ function appendToken(text) {
 }
 
 function finishOutput(result) {
+  state.lastResult = result;
+  $("#download-run").disabled = false;
   const gen = $(".gen", ui.output);
   // the result's text is authoritative (a token may end mid-character; the whole decodes right)
   if (gen && typeof result.text === "string") gen.textContent = result.text;
@@ -1128,6 +1130,9 @@ window.addEventListener("kvlab:progress", onProgress);
 window.addEventListener("kvlab:ready", onReady);
 window.addEventListener("kvlab:error", onBootError);
 window.addEventListener("kvlab:token", onToken);
+$("#download-run").addEventListener("click", () => {
+  if (state.lastResult) download("kvlab-generate.json", JSON.stringify(state.lastResult, null, 1));
+});
 window.addEventListener("kvlab:done", onDone);
 window.addEventListener("kvlab:reset", () => { if (!state.busy) resetView(); refreshKeys(); });
 // after kvlab.generate has returned (the engine is free again), whoever asked for the run
