@@ -20,6 +20,10 @@ const fmtRatio = (r) => `${r >= 10 ? r.toFixed(1) : r.toFixed(2)}×`;
 const cssVar = (name) => getComputedStyle(document.documentElement).getPropertyValue(name).trim();
 
 const root = $("#lesson-live");
+let madeReady;
+/** Resolves with the lessons as built ([{les, box}], in lessons.json's order; [] when the
+ *  file could not be read): the presenter view (presenter.js) shows these very boxes. */
+export const lessonsReady = new Promise((resolve) => { madeReady = resolve; });
 const state = { lessons: [], recorded: null, busy: false };
 
 function section(les) {
@@ -188,10 +192,12 @@ async function load() {
     state.lessons = (await res.json()).lessons || [];
   } catch (err) {
     root.replaceChildren(el("p", { class: "muted small", text: `The lessons could not be read (lessons.json: ${err.message}).` }));
+    madeReady([]);
     return;
   }
   const made = state.lessons.map(section);
   root.replaceChildren(...made.map((s) => s.box));
+  madeReady(made.map(({ les, box }) => ({ les, box })));
   // the recording replays whatever the engine's state (booting, failed, no SIMD)
   fetch("./lessons_recorded.json").then((r) => (r.ok ? r.json() : Promise.reject(new Error(`HTTP ${r.status}`))))
     .then((rec) => {
@@ -204,4 +210,4 @@ async function load() {
   window.addEventListener("kvlab:ready", enable);
 }
 
-if (root) load();
+if (root) load(); else madeReady([]);

@@ -1,4 +1,5 @@
-"""Seed 004's lesson on the page: run live, and replayed from the builder's recording.
+"""The page's lessons (seed 004's and one per technique family): run live, and replayed from
+the builder's recording.
 
 Driven as a person drives it (the lesson's buttons), on the shared booted page. Each run's
 panel carries the tokens and bytes it shows (``data-ids``, ``data-cache-bytes``); they must
@@ -18,18 +19,34 @@ from kvlab import lesson
 from kvlab.engine import Engine
 
 LESSONS = json.loads((Path(__file__).resolve().parents[2] / "site" / "static" / "lessons.json").read_text())["lessons"]
-LES = LESSONS[0]
 RUN_TIMEOUT_MS = 600_000
+IDS = [les["id"] for les in LESSONS]
 
 
 @pytest.fixture(scope="module")
-def native(host, dist):
-    """The lesson run natively, with the head profile the page loads."""
+def natives(host, dist):
+    """Each lesson run natively, with the head profile the page loads (once, on demand)."""
     engine = Engine(host, profile=json.loads((dist / "profile.json").read_text(encoding="utf-8")))
-    return lesson.run(engine, LES["item"], [r["policy"] for r in LES["runs"]])
+    done = {}
+
+    def run(les):
+        if les["id"] not in done:
+            done[les["id"]] = lesson.run(engine, les["item"], [r["policy"] for r in les["runs"]])
+        return done[les["id"]]
+    return run
 
 
-def panels(page) -> list[dict]:
+@pytest.fixture(params=IDS)
+def LES(request):
+    return next(les for les in LESSONS if les["id"] == request.param)
+
+
+@pytest.fixture
+def native(natives, LES):
+    return natives(LES)
+
+
+def panels(page, LES) -> list[dict]:
     return page.evaluate("""id => [...document.querySelectorAll(`.lesson[data-lesson="${id}"] .lesson-run`)].map(p => ({
         state: p.dataset.state, source: p.dataset.source, ids: (p.dataset.ids || '').split(',').filter(Boolean).map(Number),
         bytes: Number(p.dataset.cacheBytes), seconds: Number(p.dataset.seconds), answer: p.querySelector('[data-role=answer]').textContent,
@@ -38,14 +55,14 @@ def panels(page) -> list[dict]:
         mapTokens: Number(p.querySelector('[data-role=map]').dataset.tokens)}))""", LES["id"])
 
 
-def test_the_recording_replays_marked_as_recorded(browser, native, dist):
+def test_the_recording_replays_marked_as_recorded(browser, LES, native, dist):
     """Replay shows every run at once, each marked recorded, with the recording's tokens and
     bytes — which are the native host's."""
     page = browser.page
     page.click(f'button[data-replay="{LES["id"]}"]')
     page.wait_for_function(f"document.getElementById('lesson-live').dataset.replayed === '{LES['id']}'")
     rec = json.loads((dist / "lessons_recorded.json").read_text())["lessons"][LES["id"]]
-    got = panels(page)
+    got = panels(page, LES)
     assert len(got) == len(LES["runs"]) == len(rec["runs"])
     for shown, r, n in zip(got, rec["runs"], native["runs"]):
         assert shown["source"] == "recorded" and shown["mark"].startswith("Recorded, not live")
@@ -55,7 +72,7 @@ def test_the_recording_replays_marked_as_recorded(browser, native, dist):
     assert browser.blocked == []
 
 
-def test_the_lesson_runs_live_as_the_native_host(browser, native, capsys):
+def test_the_lesson_runs_live_as_the_native_host(browser, LES, native, capsys):
     """Run the lesson: every run's tokens and bytes equal the native host's; the answers'
     digits are coloured by origin (the full cache's all from the asked fact)."""
     page = browser.page
@@ -64,13 +81,13 @@ def test_the_lesson_runs_live_as_the_native_host(browser, native, capsys):
                            "document.querySelector('.lesson-status.error')", timeout=RUN_TIMEOUT_MS, polling=500)
     err = page.evaluate("document.querySelector('.lesson-status.error')?.textContent")
     assert err is None, err
-    got = panels(page)
+    got = panels(page, LES)
     for shown, n, spec in zip(got, native["runs"], LES["runs"]):
         assert shown["source"] == "live" and shown["mark"] == ""
         assert shown["ids"] == n["ids"], spec["label"]
         assert shown["bytes"] == n["result"]["cache_bytes"], spec["label"]
         assert shown["state"] == ("right" if n["correct"] else "crossover" if n["crossover"] else "wrong")
-    assert got[0]["digits"] == ["from-asked"] * 4  # the full cache answers the asked code
+    assert got[0]["digits"] == ["from-asked"] * len(native["item"]["code"])  # the full cache answers
     with capsys.disabled():
         print("\nlesson " + LES["id"] + " live in Chromium, s per run: " +
               ", ".join(f"{s['label']} {g['seconds']:.1f}" for s, g in zip(LES["runs"], got)))
