@@ -156,6 +156,22 @@ def reset_json() -> str:
     return json.dumps(reset())
 
 
+def check_policy(policy) -> dict:
+    """``kvlab.checkPolicy``: the policy with its defaults filled in, as the engine would
+    run it, or {"error": ...} saying why not (a technique's bad setting, two that cannot
+    combine). Nothing runs: the page checks the panel's policy as it changes."""
+    if _engine is None:
+        return {"error": "the engine is not started yet", "kind": "internal"}
+    try:
+        return {"policy": _engine.apply(policy).policy}
+    except (InputError, PolicyError) as e:
+        return {"error": str(e), "kind": "input"}
+
+
+def check_policy_json(policy_json: str) -> str:
+    return _json_sync(check_policy, policy_json)
+
+
 # ---- compare -------------------------------------------------------------------------------
 
 #: compare's options: generate's, with two policies instead of one

@@ -279,6 +279,13 @@ const api = {
     }
   },
 
+  /** Does a policy run as given? Resolves with {policy} (defaults filled in), rejects with
+   *  the engine's words (a bad setting, two techniques that cannot combine). Runs nothing,
+   *  so it answers while a generation runs too. */
+  async checkPolicy(policy = {}) {
+    return callWeb((web) => web.check_policy_json(JSON.stringify(policy)));
+  },
+
   /** One prompt under two policies, A then B on the one store, and B teacher-forced on A's
    *  tokens: resolves with the object of `python -m kvlab compare --json` ({prompt_ids, a, b,
    *  kld, top1, kld_mean, top1_agreement, first_divergence, ratios}). opts: generate's, with

@@ -205,6 +205,14 @@ async function load() {
       for (const s of made) s.replay.disabled = !rec.lessons?.[s.les.id];
     })
     .catch((err) => { for (const s of made) s.replay.title = `no recording: ${err.message}`; });
+  // a browser where the engine cannot start (no WebAssembly, a failed download) still has the recording
+  window.addEventListener("kvlab:error", (ev) => {
+    for (const s of made) {
+      const status = $(".lesson-status", s.box);
+      status.textContent = `The engine could not start in this browser (${ev.detail?.message || "error"}): ` +
+        "Replay the recording shows the builder's run of this lesson.";
+    }
+  });
   const enable = () => { for (const s of made) s.button.disabled = false; };
   if (document.body.dataset.state === "ready") enable();
   window.addEventListener("kvlab:ready", enable);

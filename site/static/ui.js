@@ -318,7 +318,24 @@ function onTechniqueChange() {
   }
   const policy = composePolicy();
   ui.policyJson.textContent = JSON.stringify(policy);
+  checkPolicy(policy);
   showLook(state.preset && policyMatches(state.preset.policy, policy) ? state.preset : null);
+}
+
+/** Say at once whether the panel's techniques compose (the engine's own check, nothing
+ *  run): a clear message where two cannot combine, before Generate is pressed. */
+function checkPolicy(policy) {
+  const box = $("#policy-check");
+  if (!box || !window.kvlab?.checkPolicy || body.dataset.state !== "ready") return;
+  const on = Object.keys(policy);
+  window.kvlab.checkPolicy(policy).then(() => {
+    box.className = "policy-check small ok";
+    box.textContent = on.length > 1 ? `✓ these compose: ${on.join(" × ")}; the meter shows each factor of the saving`
+      : on.length ? `✓ ${on[0]}` : "the full fp32 cache";
+  }).catch((err) => {
+    box.className = "policy-check small error";
+    box.textContent = err.message;
+  });
 }
 
 /** Switching on a technique of an exclusive family (eviction: one at a time) switches the
@@ -507,7 +524,10 @@ function setMeter(m) {
   $("#stat-kept").textContent = tokens && kept.length ? fmtInt(keptSum / kept.length) : "—";
   const evict = m.savings?.eviction ?? (keptSum ? (tokens * kept.length) / keptSum : null);
   const quant = m.savings?.quantization ?? (held - index > 0 ? (keptSum * 8 * HEAD_DIM) / (held - index) : null);
-  ui.savings.textContent = tokens && evict && quant ? `eviction ${fmtRatio(evict)}× · quantization ${fmtRatio(quant)}×` : "—";
+  // each factor measured on the store; their product is the total but for the index's bytes
+  const total = held > 0 ? fp32 / held : null;
+  ui.savings.textContent = tokens && evict && quant
+    ? `eviction ${fmtRatio(evict)}× × quantization ${fmtRatio(quant)}× = ${fmtRatio(total)}× in all (the index included)` : "—";
 
   const layers = m.layer_bytes || [];
   const layerIndex = m.layer_index_bytes || [];
