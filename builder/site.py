@@ -129,13 +129,14 @@ def kvlab_zip(dst: Path) -> None:
 def write_points(dst: Path) -> dict:
     """``results_all.json`` and ``results.csv``: every committed result as a point, and seed
     004's rows beside the seed's (``kvlab.results``), for the results page."""
-    from kvlab.results import points, read_lines, seed_004, to_csv
+    from kvlab.results import SEED_000, SEED_002, points, read_lines, seed_004, seed_claims, to_csv
 
     lines = {name: read_lines(RESULTS_DIR / f"{name}.jsonl") if (RESULTS_DIR / f"{name}.jsonl").exists() else []
              for name in ("quant", "eviction", "chunks")}
     pts = points(lines["quant"], lines["eviction"], lines["chunks"])
     doc = {"format": "kvlab-results-all-1", "model": "SmolLM2-135M-Instruct", "points": pts,
            "seed_004": seed_004(lines["chunks"]),
+           "seed_002": seed_claims(lines["quant"], SEED_002), "seed_000": seed_claims(lines["quant"], SEED_000),
            "sources": {name: f"results/{name}.jsonl ({len(v)} lines; python benchmarks/{name}_table.py)"
                        for name, v in lines.items()}}
     (dst / "results_all.json").write_text(json.dumps(doc, separators=(",", ":")) + "\n")

@@ -182,3 +182,34 @@ def seed_004(chunk_lines: list[dict]) -> list[dict]:
                 for r in chunk_lines if r["task"] == task and r["row"] == row]
         out.append({"task": task, "row": row, "seed": theirs, "here": here})
     return out
+
+
+# ---------------------------------------------------------------------------------------
+# Seeds 002 and 000: their claims beside the rows of results/quant.jsonl that test them
+# ---------------------------------------------------------------------------------------
+
+#: (what the seed says, this lab's rows that measure it)
+SEED_002 = [
+    ("Per-head bits by Rényi-2 attention entropy, b_h = b̄ + 0.25·(H̄ − H₂(h)), improve quality "
+     "+8 % over uniform bits at the same bytes",
+     ["K4 + V4", "entropy_bits 4", "entropy_bits 4, no skip", "K3 + V3", "entropy_bits 3", "entropy_bits 3, no skip"]),
+    ("The lowest-entropy 2 % of heads (sinks) cause most of the loss: keeping them unquantized helps more "
+     "than redistributing bits over all the others",
+     ["entropy_bits 4, skip only", "entropy_bits 4, skip only, extra bytes"]),
+]
+SEED_000 = [
+    ("The most collapsed head's keys as one mean key plus a small residual: 2× with zero measurable loss (±0.007)",
+     ["collapse top 1, K8 residual"]),
+    ("The same head at 500–680× (the mean alone): quality better than baseline, the mean acting as a denoiser",
+     ["collapse top 1, mean only", "collapse top 1, mean only, prompt mean"]),
+    ("Not in the seed: more heads collapsed, here",
+     ["collapse top 5, mean only", "collapse top 10, mean only", "collapse top 20, mean only",
+      "collapse top 20, K4 residual", "collapse top 20, K2 residual"]),
+]
+
+
+def seed_claims(lines: list[dict], claims: list[tuple[str, list[str]]]) -> list[dict]:
+    """Each claim with its rows as measured here (``summarise``'s figures; None where a row
+    is not in the committed lines)."""
+    here = summarise(lines)
+    return [{"claim": claim, "rows": [{"row": r, "here": here.get(r)} for r in rows]} for claim, rows in claims]

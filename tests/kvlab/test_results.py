@@ -100,3 +100,16 @@ def test_seed_004_rows_quote_the_committed_cells():
     assert mn["here"] == [{"context": 4096, "match": round(line["result"]["score"] * 6), "n": 6,
                            "crossovers": line["result"]["crossovers"], "cache_bytes": line["result"]["cache_bytes"],
                            "ratio_vs_fp32": line["result"]["ratio_vs_fp32"], "kl": line["result"]["kld_vs_full"]}]
+
+
+def test_seed_002_and_000_claims_quote_the_rows():
+    from kvlab.results import SEED_000, SEED_002, seed_claims
+
+    quant, _, _ = all_lines()
+    table = summarise(quant)
+    for claims in (SEED_002, SEED_000):
+        got = seed_claims(quant, claims)
+        assert [c["claim"] for c in got] == [c for c, _ in claims]
+        for c in got:
+            for r in c["rows"]:
+                assert r["here"] == table[r["row"]], r["row"]  # every row named is committed
