@@ -225,6 +225,8 @@ def _chat(engine, args) -> int:
     failed = False
     for line in sys.stdin:
         message = line.rstrip("\n")
+        if not message.strip():  # a blank line is no turn
+            continue
         req = Request(prompt=message, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
                       top_k=args.top_k, top_p=args.top_p, seed=args.seed)
         try:

@@ -36,13 +36,13 @@ def check(engine, req: Request, policy_a, policy_b) -> tuple[Request, Request]:
     n = req.max_new_tokens
     if isinstance(n, int) and not isinstance(n, bool) and n > MAX_NEW_TOKENS:
         raise InputError(f"compare generates at most {MAX_NEW_TOKENS} tokens a side, got max_new_tokens={n}")
-    reqs = replace(req, policy=policy_a), replace(req, policy=policy_b)
-    for side, r in zip("AB", reqs):
+    engine.check(replace(req, policy=None))  # the prompt and the settings, once
+    for side, policy in (("A", policy_a), ("B", policy_b)):
         try:
-            engine.check(r)
-        except ValueError as e:  # InputError, PolicyError: name the side
+            engine.apply(policy)
+        except ValueError as e:  # PolicyError: name the side
             raise type(e)(f"policy {side}: {e}") from None
-    return reqs
+    return replace(req, policy=policy_a), replace(req, policy=policy_b)
 
 
 def comparison(engine, req: Request, policy_a=None, policy_b=None, on_token=None, should_stop=None):
@@ -50,9 +50,10 @@ def comparison(engine, req: Request, policy_a=None, policy_b=None, on_token=None
     ``on_token(side, event)`` gets each side's token events ("a", "b")."""
     req_a, req_b = check(engine, req, policy_a, policy_b)
     store, vocab = engine.store, engine.config["vocab"]
-    scratch = store.alloc(4 * vocab * req.max_new_tokens)  # (n, vocab) f32: A's logits
-    out = store.alloc(4 * KVStore.N_STATS)
+    scratch = out = 0
     try:
+        scratch = store.alloc(4 * vocab * req.max_new_tokens)  # (n, vocab) f32: A's logits
+        out = store.alloc(4 * KVStore.N_STATS)
         def keep(j: int, ptr: int) -> None:
             store.module.call("kv_memcpy", scratch + 4 * vocab * j, ptr, 4 * vocab)
 
@@ -61,16 +62,21 @@ def comparison(engine, req: Request, policy_a=None, policy_b=None, on_token=None
 
         a = yield from engine.steps(req_a, sink("a"), should_stop, on_logits=keep)
         b = yield from engine.steps(req_b, sink("b"), should_stop)
-        kld, top1 = yield from _forced(engine, req_b, a["prompt_ids"], a["ids"], scratch, out)
+        kld, top1 = yield from _forced(engine, req_b, a["prompt_ids"], a["ids"], scratch, out, should_stop)
     finally:
-        store.free(out)
-        store.free(scratch)
-    return result(a, b, kld, top1)
+        for ptr in (out, scratch):
+            if ptr:
+                store.free(ptr)
+    res = result(a, b, kld, top1)
+    # stopped (kvlab.stop): a side ended early, or B|A did not reach A's last token
+    res["stopped"] = "stopped" in (a["stop_reason"], b["stop_reason"]) or len(kld) < len(a["ids"])
+    return res
 
 
-def _forced(engine, req_b: Request, prompt: list[int], tokens: list[int], scratch: int, out: int):
+def _forced(engine, req_b: Request, prompt: list[int], tokens: list[int], scratch: int, out: int,
+            should_stop=None):
     """B reads the prompt and A's tokens; at each of A's positions its logits against A's
-    kept ones: (kld, top1) lists, one entry per token of A."""
+    kept ones: (kld, top1) lists, one entry per token of A (fewer if stopped)."""
     store, vocab = engine.store, engine.config["vocab"]
     pol = engine.apply(req_b.policy)
     store.reset()
@@ -82,6 +88,8 @@ def _forced(engine, req_b: Request, prompt: list[int], tokens: list[int], scratc
         kld.append(round(s[2], 6))  # clamped at ≥ 0 in wasm
         top1.append(int(s[3]))
         if j + 1 < len(tokens):
+            if should_stop is not None and should_stop():
+                break
             logits = yield from engine.runs([tok], len(prompt) + j, pol, "decode")
     return kld, top1
 

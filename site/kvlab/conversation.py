@@ -41,6 +41,9 @@ class Conversation:
         self.pos = 0  # positions the cache has read
         self.last: int | None = None  # the last reply's last token, sampled but not fed
         self.epoch = None  # the store's reset count once the first turn reset it
+        self.history: list[int] = []  # every token the cache has read, by position
+        self.pending: list[int] = []  # the running turn's tokens (its map labels)
+        self.broken = False  # a turn failed partway: the cache holds part of it
 
     def feed_ids(self, message: str) -> list[int]:
         """The tokens a turn with ``message`` reads (see the module's docstring)."""
@@ -54,6 +57,8 @@ class Conversation:
 
     def check(self, message: str, req: Request) -> list[int]:
         """The turn's tokens, or an InputError (nothing run, the conversation unchanged)."""
+        if self.broken:
+            raise InputError("the last turn failed partway, so the cache holds part of it: start a new conversation")
         if self.turns and self.engine.store.resets != self.epoch:
             raise InputError("the cache was reset or used by another run since the last turn: start a new conversation")
         ids = self.feed_ids(message)
@@ -81,12 +86,19 @@ class Conversation:
             self.epoch = store.resets
         t0 = engine.host.now_ms()
         start = self.pos
-        logits = yield from engine.runs(ids, start, self.pol, "prompt" if self.turns == 0 else "decode")
-        req = replace(req, chat=True)
-        res = yield from engine.decode(req, self.pol, logits, start + len(ids), t0, on_token, should_stop,
-                                       event={"turn": self.turns})
+        self.pending = ids
+        try:
+            logits = yield from engine.runs(ids, start, self.pol, "prompt" if self.turns == 0 else "decode")
+            req = replace(req, chat=True)
+            res = yield from engine.decode(req, self.pol, logits, start + len(ids), t0, on_token, should_stop,
+                                           event={"turn": self.turns})
+        except BaseException:
+            self.broken = True  # whatever the cache holds now, it is not a whole turn
+            raise
         # the reply's tokens but the last were fed: the cache holds positions up to here
         self.pos = start + len(ids) + len(res["ids"]) - 1
+        self.history += ids + res["ids"][:-1]
+        self.pending = []
         self.last = res["ids"][-1]
         res = {"turn": self.turns, "read_from": start, "prompt_ids": ids, **res}
         self.turns += 1

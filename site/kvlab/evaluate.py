@@ -259,8 +259,9 @@ def fact_held(store, chunks: dict | None, digits: list[int]) -> dict:
     position does not count), ``per_token``, each token's share alike, and, under
     ``chunks`` (its report), ``routed``: whether those tokens lie in routed chunks or the
     exact sinks and recent tokens (routing accuracy: right even when the answer is wrong).
-    Positions before any generated token: one-shot techniques change no prompt entry after
-    the prompt, so it holds after the answer too."""
+    Read from the store as it is when called: the harness calls it right after the prompt;
+    one-shot techniques change no prompt entry after that, but a rolling budget may evict
+    more of the fact while the answer is generated."""
     lo, hi = digits
     summaries = {s[2] for s in chunks["summarized"]} if chunks else set()
     pairs = full = 0

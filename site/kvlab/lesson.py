@@ -94,7 +94,9 @@ def read(engine, it: dict, result: dict) -> dict:
     ``fact_held``: the share of (layer, KV head) pairs that kept its code exactly, per
     token too, and under chunks whether it was routed), ``chunks`` (routed and summarized
     spans, or None), the map of kept entries (``Engine.cache_map`` without positions), the
-    ratio vs fp32, and ``result``: the generate result but its ``prompt_ids``."""
+    ratio vs fp32, and ``result``: the generate result (the page's meter and its download
+    read it). The cache is read as the run left it, after the answer: a rolling budget may
+    have evicted more of a fact by then than when the answer began."""
     text = result["text"]
     digits = _digits(text)
     correct = digits == it["code"]
@@ -108,8 +110,7 @@ def read(engine, it: dict, result: dict) -> dict:
             "chunks": None if rep is None else {k: rep[k] for k in ("routed", "summarized", "exact", "notes")},
             "map": engine.cache_map(positions=False),
             "ratio_vs_fp32": round(result["fp32_bytes"] / result["cache_bytes"], 4),
-            # the run as ``generate`` returned it (the page's meter reads it), but its prompt
-            "result": {k: v for k, v in result.items() if k != "prompt_ids"}}
+            "result": result}
 
 
 def run(engine, spec: dict, policies: list) -> dict:

@@ -231,8 +231,7 @@ async def chat(opts: dict) -> dict:
             conv = Conversation(_engine, opts.get("policy"), seed=req.seed)
         elif "policy" in opts and _engine.apply(opts["policy"]).policy != conv.pol.policy:
             raise InputError("this conversation runs under its first turn's policy; start a new conversation to change it")
-        sink = token_sink(req)
-        res = await _engine.drive_async(conv.turn_steps(opts.get("message"), req, on_token=sink,
+        res = await _engine.drive_async(conv.turn_steps(opts.get("message"), req, on_token=_chat_sink(conv, req),
                                                         should_stop=_should_stop))
         _conversation = conv
         return res
@@ -242,6 +241,24 @@ async def chat(opts: dict) -> dict:
         _engine.store.reset()
         _conversation = None
         return {"error": str(e), "kind": "store"}
+
+
+def _chat_sink(conv, req: Request):
+    """A turn's ``on_token``: with ``cacheMap`` the first event's ``prompt_tokens`` are the
+    texts of every position the conversation has read, this turn's included (the map's
+    prompt is the whole conversation so far), as ``token_sink`` does for one prompt."""
+    if _emit is None:
+        return None
+    if not req.cache_map:
+        return lambda ev: _emit(json.dumps(ev))
+
+    def on_token(ev: dict) -> None:
+        if ev["index"] == 0:
+            ev["prompt_tokens"] = [token_text(t) for t in conv.history + conv.pending]
+        ev["token_text"] = token_text(ev["id"])
+        _emit(json.dumps(ev))
+
+    return on_token
 
 
 async def chat_json(opts_json: str) -> str:

@@ -69,6 +69,10 @@ async function send(ev) {
     root.dataset.turns = String(state.turns);
   } catch (err) {
     user.remove(); reply.remove();   // nothing of a refused turn stays; the message stays in the box
+    if (err?.kind !== "input") {   // the store failed mid-turn: that conversation is over
+      state.turns = 0;
+      for (const b of document.querySelectorAll("#chat-log .bubble")) b.classList.add("ended");
+    }
     say((err && err.message) || String(err), "error");
   } finally {
     state.reply = null;

@@ -32,5 +32,5 @@ export function download(name, text, type = "application/json") {
   document.body.append(a);
   a.click();
   a.remove();
-  setTimeout(() => URL.revokeObjectURL(url), 0);
+  setTimeout(() => URL.revokeObjectURL(url), 1000);   // some browsers read the blob after click()
 }

@@ -80,9 +80,12 @@ function answerNodes(run, item) {
 
 /** Where chunks put the asked fact's digits: a routed chunk, the exact sinks / recent tokens, or a summary. */
 function routing(run, fact) {
-  const inside = (spans) => (spans || []).some(([a, b]) => a <= fact.digits[0] && fact.digits[1] <= b);
-  if (inside(run.chunks?.routed)) return "routing: the fact's chunk routed ✓";
-  if (fact.routed) return "routing: not needed, the fact lies in the exact sinks or recent tokens";
+  const toks = [];
+  for (let t = fact.digits[0]; t < fact.digits[1]; t++) toks.push(t);
+  const covered = (spans) => toks.every((t) => (spans || []).some(([a, b]) => a <= t && t < b));
+  const routed = run.chunks?.routed || [], exact = run.chunks?.exact || [];
+  if (covered(exact)) return "routing: not needed, the fact lies in the exact sinks or recent tokens";
+  if (covered([...routed, ...exact])) return "routing: the fact's chunk routed ✓";
   return "routing: the fact's chunk not routed ✗";
 }
 

@@ -80,6 +80,7 @@ function leave() {
 function onKey(e) {
   if (view.hidden || e.altKey || e.ctrlKey || e.metaKey) return;
   if (/^(INPUT|TEXTAREA|SELECT)$/.test(e.target?.tagName || "")) return;
+  if (e.key === " " && /^(BUTTON|A)$/.test(e.target?.tagName || "")) return;   // Space presses the button
   const keys = { ArrowRight: 1, PageDown: 1, " ": 1, ArrowLeft: -1, PageUp: -1 };
   if (e.key === "Escape") leave();
   else if (e.key === "Home") go(0);

@@ -48,8 +48,8 @@ function draw(fig, points) {
   const ys = byKl ? pts.map((p) => Math.max(KL_FLOOR, p.kl)) : [];
   const y = byKl ? scale(KL_FLOOR, Math.max(1, ...ys) * 1.5, H - PAD.b, PAD.t, true) : scale(0, 1.05, H - PAD.b, PAD.t, false);
   // axes and grid
-  const xt = [1, 2, 4, 8, 16, 32].filter((t) => t <= xmax);
-  const yt = byKl ? [1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1].filter((t) => y(t) >= PAD.t) : [0, 0.25, 0.5, 0.75, 1];
+  const xt = [1, 2, 4, 8, 16, 32, 64, 128].filter((t) => t <= xmax);
+  const yt = byKl ? [1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1, 10].filter((t) => y(t) >= PAD.t) : [0, 0.25, 0.5, 0.75, 1];
   for (const t of xt) {
     box.append(svg("line", { x1: x(t), x2: x(t), y1: PAD.t, y2: H - PAD.b, class: "grid" }));
     const l = svg("text", { x: x(t), y: H - PAD.b + 14, "text-anchor": "middle", class: "tick" }); l.textContent = `${t}×`; box.append(l);

@@ -48,11 +48,13 @@ def test_three_turns_keep_the_cache_as_native(page, engine, browser):
     assert browser.blocked == []
 
 
-def test_a_turn_past_the_context_loses_nothing(page):
+def test_a_turn_past_the_context_loses_nothing(page, engine):
     send(page, TURNS[0])
-    page.fill("#chat-max", "8192")
+    # a reply that would fit after this message alone, not after the conversation so far
+    n = engine.config["context"] - len(engine.prompt_ids(Request(prompt=TURNS[1], chat=True))) + 1
+    page.fill("#chat-max", str(n))
     send(page, TURNS[1])
-    assert "more than the model's context" in page.text_content("#chat-status")
+    assert "the conversation holds" in page.text_content("#chat-status")
     assert page.input_value("#chat-message") == TURNS[1]  # the message is kept
     assert page.evaluate("document.querySelectorAll('#chat-log .bubble').length") == 2
     page.fill("#chat-max", str(N))
@@ -74,3 +76,18 @@ def test_chat_and_reset_cycles_do_not_grow_the_heap(page):
     }""", 8)
     assert len(heaps) == 20 and heaps[0] > 0
     assert heaps[-1] == heaps[0], heaps
+
+
+def test_the_cache_map_labels_the_whole_conversation(page, engine):
+    """With the map on, a later turn's first event names every position the conversation
+    has read (the earlier turns' included), so the map's prompt | reply line sits right."""
+    page.evaluate("""() => { window.__chatEvents = [];
+        window.addEventListener('kvlab:token', e => { if (e.detail.turn !== undefined) window.__chatEvents.push(e.detail); }); }""")
+    r0 = page.evaluate("kvlab.chat({message: 'Hi there.', new: true, maxNewTokens: 6, cacheMap: true})")
+    r1 = page.evaluate("kvlab.chat({message: 'And then?', maxNewTokens: 6, cacheMap: true})")
+    first = [e for e in page.evaluate("window.__chatEvents") if e["turn"] == 1 and e["index"] == 0][0]
+    texts = first["prompt_tokens"]
+    assert len(texts) == r1["read_from"] + len(r1["prompt_ids"])
+    tok = engine.tokenizer
+    history = r0["prompt_ids"] + r0["ids"][:-1] + r1["prompt_ids"]
+    assert texts == [tok.token_bytes(t).decode("utf-8", errors="replace") for t in history]

@@ -77,9 +77,10 @@ def test_the_lesson_runs_live_as_the_native_host(browser, LES, native, capsys):
     digits are coloured by origin (the full cache's all from the asked fact)."""
     page = browser.page
     page.click(f'button[data-lesson="{LES["id"]}"]')
+    err_sel = f'.lesson[data-lesson="{LES["id"]}"] .lesson-status.error'
     page.wait_for_function(f"document.getElementById('lesson-live').dataset.done === '{LES['id']}' || "
-                           "document.querySelector('.lesson-status.error')", timeout=RUN_TIMEOUT_MS, polling=500)
-    err = page.evaluate("document.querySelector('.lesson-status.error')?.textContent")
+                           f"document.querySelector('{err_sel}')", timeout=RUN_TIMEOUT_MS, polling=500)
+    err = page.evaluate(f"document.querySelector('{err_sel}')?.textContent")
     assert err is None, err
     got = panels(page, LES)
     for shown, n, spec in zip(got, native["runs"], LES["runs"]):

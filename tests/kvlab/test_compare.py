@@ -89,14 +89,14 @@ def test_a_policy_against_itself(engine):
     res = compare(engine, req(), Q2, Q2)
     assert res["a"]["ids"] == res["b"]["ids"] and res["first_divergence"] is None
     assert max(res["kld"]) < 1e-6 and res["top1"] == [1] * N
-    assert res["ratios"]["cache_bytes"] == 1.0
+    assert res["ratios"]["cache_bytes"] == 1.0 and res["stopped"] is False
 
 
 @pytest.mark.parametrize("kw, a, b, err, words", [
     ({}, {}, {"quant": {"k_bits": 5}}, PolicyError, "policy B: quant.k_bits"),
     ({}, {"nope": {}}, {}, PolicyError, "policy A: unknown technique"),
     ({"max_new_tokens": MAX_NEW_TOKENS + 1}, {}, {}, InputError, f"at most {MAX_NEW_TOKENS} tokens"),
-    ({"prompt": "  "}, {}, Q2, InputError, "policy A: the prompt is empty"),
+    ({"prompt": "  "}, {}, Q2, InputError, "^the prompt is empty"),
 ])
 def test_bad_input_runs_nothing(engine, kw, a, b, err, words):
     """Refused before the store is touched: the cache of the last run stays as it was."""

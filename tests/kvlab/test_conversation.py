@@ -77,8 +77,13 @@ def test_bad_turns_lose_nothing(engine):
     before = engine.meter()
     with pytest.raises(InputError, match="the message is empty"):
         conv.turn("   ", req())
-    with pytest.raises(InputError, match="more than the model's context"):
-        conv.turn(TURNS[1], req(engine.config["context"] - 10))
+    # a reply that would fit after the message alone, but not after the conversation so far:
+    # refused by the conversation's own check (the engine's passes)
+    alone = len(engine.prompt_ids(Request(prompt=TURNS[1], chat=True)))
+    n = engine.config["context"] - alone + 1
+    engine.check(Request(prompt=TURNS[1], chat=True, max_new_tokens=n))
+    with pytest.raises(InputError, match=f"after the {res['tokens_cached']} the conversation holds"):
+        conv.turn(TURNS[1], req(n))
     assert engine.meter() == before and conv.turns == 1
     nxt = conv.turn(TURNS[1], req())  # the conversation goes on from where it was
     assert nxt["read_from"] == res["tokens_cached"]

@@ -49,7 +49,8 @@ def test_a_full_cache_run_reads_right(engine, item):
     assert [o["digit"] for o in run["origin"]] == list(item["code"])
     assert all(f["kept"] == 1.0 and "routed" not in f for f in run["facts"])
     assert run["chunks"] is None and run["ratio_vs_fp32"] == 1.0
-    assert run["result"]["cache_bytes"] == engine.meter()["cache_bytes"] and "prompt_ids" not in run["result"]
+    assert run["result"]["cache_bytes"] == engine.meter()["cache_bytes"]
+    assert run["result"]["prompt_ids"] == engine.prompt_ids(lesson.request(item, {}))
     assert run["map"]["tokens"] == run["result"]["tokens_cached"]
 
 
