@@ -55,6 +55,12 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("text")
     t.add_argument("--chat", action="store_true", help="render TEXT as a user turn of the chat template first")
 
+    def sampling(g):  # what generate, compare and chat share
+        g.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+        g.add_argument("--top-k", type=int, default=0)
+        g.add_argument("--top-p", type=float, default=1.0)
+        g.add_argument("--seed", type=int, default=0)
+
     def generation(g, policies=("--policy",)):  # what generate and compare share
         g.add_argument("--prompt", required=True)
         g.add_argument("--question", default="", help="read right after the prompt as its question (chunks and "
@@ -64,10 +70,7 @@ def _parser() -> argparse.ArgumentParser:
         for flag in policies:
             g.add_argument(flag, default="{}", help='JSON, e.g. \'{"quant": {"k_bits": 4, "v_bits": 8}}\' '
                            '(default {}: the full fp32 cache)')
-        g.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
-        g.add_argument("--top-k", type=int, default=0)
-        g.add_argument("--top-p", type=float, default=1.0)
-        g.add_argument("--seed", type=int, default=0)
+        sampling(g)
         g.add_argument("--ignore-eos", action="store_true", help="always make --max-new-tokens tokens")
 
     g = sub.add_parser("generate", help="generate text through the compressed cache")
@@ -106,10 +109,7 @@ def _parser() -> argparse.ArgumentParser:
     ch = sub.add_parser("chat", help="a conversation on one cache: one turn per line of standard input (kvlab.conversation)")
     ch.add_argument("--policy", default="{}", help="JSON policy of the whole conversation (default {}: full fp32)")
     ch.add_argument("--max-new-tokens", type=int, default=64, help="per reply")
-    ch.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
-    ch.add_argument("--top-k", type=int, default=0)
-    ch.add_argument("--top-p", type=float, default=1.0)
-    ch.add_argument("--seed", type=int, default=0)
+    sampling(ch)
     ch.add_argument("--json", action="store_true", help="print one JSON object per turn (JSON lines)")
 
     les = sub.add_parser("lesson", help="run a lesson's question under each of its policies (kvlab.lesson)")

@@ -71,6 +71,21 @@ def check_options(opts, known, what: str, error=InputError) -> None:
         raise error(f"unknown option {unknown[0]!r}; known: {', '.join(known)}")
 
 
+async def _guarded(run) -> dict:
+    """``await run()`` with the engine started; bad input → {"error", "kind": "input"}; a
+    store failure (e.g. out of memory) → the store emptied, {"error", "kind": "store"}: the
+    page shows the engine's words and stays usable."""
+    if _engine is None:
+        return {"error": "the engine is not started yet", "kind": "internal"}
+    try:
+        return await run()
+    except (InputError, PolicyError) as e:
+        return {"error": str(e), "kind": "input"}
+    except StoreError as e:
+        _engine.store.reset()  # a failed step_begin leaves the store unchanged; start clean
+        return {"error": str(e), "kind": "store"}
+
+
 async def _json_call(fn, *texts: str, **kw) -> str:
     """``await fn(*parsed texts, **kw)`` with JSON text in and out: what crosses the bridge."""
     try:
@@ -124,17 +139,10 @@ def token_sink(req: Request):
 
 async def generate(opts: dict) -> dict:
     """Run one request; the result object of ``generate --json``, or {"error": ...}."""
-    if _engine is None:
-        return {"error": "the engine is not started yet", "kind": "internal"}
-    try:
+    async def run():
         req = request(opts)
         return await _engine.generate_async(req, on_token=token_sink(req), should_stop=_should_stop)
-    except (InputError, PolicyError) as e:
-        return {"error": str(e), "kind": "input"}
-    except StoreError as e:
-        # e.g. out of memory: the store is unchanged by a failed step_begin; start clean
-        _engine.store.reset()
-        return {"error": str(e), "kind": "store"}
+    return await _guarded(run)
 
 
 async def generate_json(opts_json: str) -> str:
@@ -184,19 +192,13 @@ async def compare(opts: dict) -> dict:
     the main meter's."""
     from .compare import compare_async
 
-    if _engine is None:
-        return {"error": "the engine is not started yet", "kind": "internal"}
-    try:
+    async def run():
         check_options(opts, COMPARE_OPTIONS, "compare")
         req = request({k: v for k, v in opts.items() if k not in ("policyA", "policyB")})
         on_token = None if _emit is None else (lambda side, ev: _emit(json.dumps(ev | {"side": side})))
         return await compare_async(_engine, req, opts.get("policyA"), opts.get("policyB"), on_token=on_token,
                                    should_stop=_should_stop)
-    except (InputError, PolicyError) as e:
-        return {"error": str(e), "kind": "input"}
-    except StoreError as e:
-        _engine.store.reset()
-        return {"error": str(e), "kind": "store"}
+    return await _guarded(run)
 
 
 async def compare_json(opts_json: str) -> str:
@@ -214,12 +216,10 @@ async def chat(opts: dict) -> dict:
     none): ``Conversation.turn``'s object, or {"error": ...} with the conversation as it
     was. The policy is the first turn's; a later turn naming another is refused. Token
     events carry ``turn``."""
-    global _conversation
     from .conversation import Conversation
 
-    if _engine is None:
-        return {"error": "the engine is not started yet", "kind": "internal"}
-    try:
+    async def run():
+        global _conversation
         check_options(opts, CHAT_OPTIONS, "chat")
         new = opts.get("new", False)
         if not isinstance(new, bool):
@@ -231,16 +231,10 @@ async def chat(opts: dict) -> dict:
             conv = Conversation(_engine, opts.get("policy"), seed=req.seed)
         elif "policy" in opts and _engine.apply(opts["policy"]).policy != conv.pol.policy:
             raise InputError("this conversation runs under its first turn's policy; start a new conversation to change it")
-        res = await _engine.drive_async(conv.turn_steps(opts.get("message"), req, on_token=_chat_sink(conv, req),
-                                                        should_stop=_should_stop))
-        _conversation = conv
-        return res
-    except (InputError, PolicyError) as e:
-        return {"error": str(e), "kind": "input"}
-    except StoreError as e:
-        _engine.store.reset()
-        _conversation = None
-        return {"error": str(e), "kind": "store"}
+        _conversation = conv  # a turn that fails partway leaves it broken: it says so next time
+        return await _engine.drive_async(conv.turn_steps(opts.get("message"), req, on_token=_chat_sink(conv, req),
+                                                         should_stop=_should_stop))
+    return await _guarded(run)
 
 
 def _chat_sink(conv, req: Request):
@@ -290,19 +284,13 @@ async def lesson_run(opts: dict) -> dict:
     then ``kvlab.lesson.read``: the object ``python -m kvlab lesson`` gives per run."""
     from . import lesson
 
-    if _engine is None:
-        return {"error": "the engine is not started yet", "kind": "internal"}
-    try:
+    async def run():
         check_options(opts, ("item", "policy"), "lessonRun")
         it = lesson.item(_engine, opts.get("item"))
         req = lesson.request(it, opts.get("policy"), cache_map=True)
         res = await _engine.generate_async(req, on_token=token_sink(req), should_stop=_should_stop)
         return lesson.read(_engine, it, res)
-    except (InputError, PolicyError) as e:
-        return {"error": str(e), "kind": "input"}
-    except StoreError as e:
-        _engine.store.reset()
-        return {"error": str(e), "kind": "store"}
+    return await _guarded(run)
 
 
 async def lesson_run_json(opts_json: str) -> str:

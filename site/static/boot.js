@@ -242,6 +242,21 @@ let stopRequested = false;
 const BUSY_MAP = "the engine is busy: read the map between runs, or generate with cacheMap: true (every kvlab:token event carries it)";
 const BUSY_KEYS = "the engine is busy: read a key's channels between runs";
 
+const BUSY = "the engine is busy: wait for it, or call kvlab.stop()";
+
+/** Run one engine call that uses the store, alone: refused (with `message`) while another
+ *  runs; kvlab.stop() ends it after the current model run. */
+async function exclusive(fn, message = BUSY) {
+  if (busy) throw new Error(message);
+  busy = true;
+  stopRequested = false;
+  try {
+    return await fn();
+  } finally {
+    busy = false;
+  }
+}
+
 async function callWeb(fn) {
   await api.start();
   let res;
@@ -267,16 +282,11 @@ const api = {
    *  `cacheMap: true` every kvlab:token event also carries `cache_map` (see cachemap()),
    *  the first one `prompt_tokens` (each prompt token's text) and each `token_text`. */
   async generate(opts = {}) {
-    if (busy) throw new Error("a generation is already running: wait for it, or call kvlab.stop()");
-    busy = true;
-    stopRequested = false;
-    try {
+    return exclusive(async () => {
       const res = await callWeb((web) => web.generate_json(JSON.stringify(opts)));
       emit("done", res);
       return res;
-    } finally {
-      busy = false;
-    }
+    }, "a generation is already running: wait for it, or call kvlab.stop()");
   },
 
   /** Does a policy run as given? Resolves with {policy} (defaults filled in), rejects with
@@ -292,14 +302,7 @@ const api = {
    *  policyA (default: the full cache) and policyB instead of policy. Its kvlab:token events
    *  carry side: "a" | "b". */
   async compare(opts = {}) {
-    if (busy) throw new Error("the engine is busy: wait for it, or call kvlab.stop()");
-    busy = true;
-    stopRequested = false;
-    try {
-      return await callWeb((web) => web.compare_json(JSON.stringify(opts)));
-    } finally {
-      busy = false;
-    }
+    return exclusive(() => callWeb((web) => web.compare_json(JSON.stringify(opts))));
   },
 
   /** One chat turn on the cache the earlier turns left (kvlab.conversation): resolves with
@@ -308,14 +311,7 @@ const api = {
    *  maxNewTokens, temperature, topK, topP, seed, cacheMap}; `new: true` (or no
    *  conversation yet) starts one under `policy`. Token events carry `turn`. reset() ends it. */
   async chat(opts = {}) {
-    if (busy) throw new Error("the engine is busy: wait for it, or call kvlab.stop()");
-    busy = true;
-    stopRequested = false;
-    try {
-      return await callWeb((web) => web.chat_json(JSON.stringify(opts)));
-    } finally {
-      busy = false;
-    }
+    return exclusive(() => callWeb((web) => web.chat_json(JSON.stringify(opts))));
   },
 
   /** Measure a policy's quality against the full cache; resolves with the object of
@@ -342,16 +338,11 @@ const api = {
    *  came from and what the cache kept of every fact — one run of `python -m kvlab lesson
    *  ID --json`. opts: {item, policy}. Emits kvlab:done with the run's generate result. */
   async lessonRun(opts = {}) {
-    if (busy) throw new Error("the engine is busy: wait for it, or call kvlab.stop()");
-    busy = true;
-    stopRequested = false;
-    try {
+    return exclusive(async () => {
       const res = await callWeb((web) => web.lesson_run_json(JSON.stringify(opts)));
       emit("done", res.result);
       return res;
-    } finally {
-      busy = false;
-    }
+    });
   },
 
   /** Stop the running generation after the current token (its stop_reason: "stopped"), or
