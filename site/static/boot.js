@@ -245,15 +245,18 @@ const BUSY_KEYS = "the engine is busy: read a key's channels between runs";
 const BUSY = "the engine is busy: wait for it, or call kvlab.stop()";
 
 /** Run one engine call that uses the store, alone: refused (with `message`) while another
- *  runs; kvlab.stop() ends it after the current model run. */
+ *  runs; kvlab.stop() ends it after the current model run. kvlab:busy (true, then false)
+ *  tells the page, so its Stop button works for every panel's run. */
 async function exclusive(fn, message = BUSY) {
   if (busy) throw new Error(message);
   busy = true;
   stopRequested = false;
+  emit("busy", true);
   try {
     return await fn();
   } finally {
     busy = false;
+    emit("busy", false);
   }
 }
 

@@ -437,8 +437,10 @@ function policyLabel(policy) {
 function setButtons() {
   const ready = body.dataset.state === "ready" && Boolean(window.kvlab);
   ui.generate.disabled = !ready || state.busy;
-  ui.stop.disabled = !ready || !state.busy;
-  ui.reset.disabled = !ready || state.busy;
+  // engineBusy: a run of another panel (compare, chat, a lesson): Stop ends it too
+  ui.generate.disabled = ui.generate.disabled || state.engineBusy;
+  ui.stop.disabled = !ready || !(state.busy || state.engineBusy);
+  ui.reset.disabled = !ready || state.busy || state.engineBusy;
   ui.prompt.readOnly = state.busy;
   for (const c of [ui.chat, ui.maxNew, ui.temperature, ui.seed]) c.disabled = state.busy;
   for (const t of document.querySelectorAll("#techniques [data-toggle], #techniques button.chip, #presets button.chip")) t.disabled = state.busy;
@@ -1068,7 +1070,7 @@ async function onGenerate(ev) {
 }
 
 function onStop() {
-  if (!state.busy) return;
+  if (!state.busy && !state.engineBusy) return;
   ui.stop.disabled = true;
   window.kvlab?.stop();
 }
@@ -1162,6 +1164,7 @@ ui.form.addEventListener("submit", onGenerate);
 ui.techniques.addEventListener("change", onPanelChange);
 ui.techniques.addEventListener("input", onTechniqueChange);
 ui.stop.addEventListener("click", onStop);
+window.addEventListener("kvlab:busy", (ev) => { state.engineBusy = Boolean(ev.detail); setButtons(); });
 ui.reset.addEventListener("click", onReset);
 ui.longText.addEventListener("click", onLongText);
 for (const input of [ui.keysLayer, ui.keysHead]) input.addEventListener("input", () => refreshKeys());

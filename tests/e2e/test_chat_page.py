@@ -91,3 +91,16 @@ def test_the_cache_map_labels_the_whole_conversation(page, engine):
     tok = engine.tokenizer
     history = r0["prompt_ids"] + r0["ids"][:-1] + r1["prompt_ids"]
     assert texts == [tok.token_bytes(t).decode("utf-8", errors="replace") for t in history]
+
+
+def test_the_stop_button_stops_a_chat_turn(page):
+    """Stop (the Prompt card's button) ends any panel's run, here a chat turn, after the
+    current token: its reply is cut short, stop_reason "stopped"."""
+    # not awaited here (evaluate would wait for a returned promise): the turn runs on
+    page.evaluate("() => { window.__turn = kvlab.chat({message: 'Write a long story about a cat.', new: true, "
+                  "maxNewTokens: 400}); }")
+    page.wait_for_function("!document.getElementById('stop').disabled", timeout=RUN_TIMEOUT_MS)
+    page.click("#stop")
+    res = page.evaluate("window.__turn")
+    assert res["stop_reason"] == "stopped" and len(res["ids"]) < 400
+    page.wait_for_function("document.getElementById('stop').disabled && !document.getElementById('generate').disabled")
