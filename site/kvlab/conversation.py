@@ -38,12 +38,16 @@ class Conversation:
         self.pol = engine.apply(policy)  # validated now: a bad policy starts nothing
         self.seed = seed
         self.turns = 0
-        self.pos = 0  # positions the cache has read
         self.last: int | None = None  # the last reply's last token, sampled but not fed
         self.epoch = None  # the store's reset count once the first turn reset it
         self.history: list[int] = []  # every token the cache has read, by position
         self.pending: list[int] = []  # the running turn's tokens (its map labels)
         self.broken = False  # a turn failed partway: the cache holds part of it
+
+    @property
+    def pos(self) -> int:
+        """Positions the cache has read."""
+        return len(self.history)
 
     def feed_ids(self, message: str) -> list[int]:
         """The tokens a turn with ``message`` reads (see the module's docstring)."""
@@ -96,7 +100,6 @@ class Conversation:
             self.broken = True  # whatever the cache holds now, it is not a whole turn
             raise
         # the reply's tokens but the last were fed: the cache holds positions up to here
-        self.pos = start + len(ids) + len(res["ids"]) - 1
         self.history += ids + res["ids"][:-1]
         self.pending = []
         self.last = res["ids"][-1]

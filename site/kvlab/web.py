@@ -117,12 +117,13 @@ def token_text(tok: int) -> str:
     return _engine.tokenizer.token_bytes(tok).decode("utf-8", errors="replace")
 
 
-def token_sink(req: Request):
+def token_sink(req: Request, read=None):
     """The ``on_token`` that hands each event to the page. With ``cacheMap`` the events
     also say what the map's positions hold: the first one ``prompt_tokens`` (each prompt
     token's text, computed once per request), every one ``token_text`` (its own token's:
     a stream piece may be "" mid-character). Positions 0..P-1 are the prompt's, P.. the
-    generated tokens in order."""
+    generated tokens in order. ``read()``: the ids at 0..P-1 when they are not the
+    request's prompt (a chat turn: the whole conversation so far)."""
     if _emit is None:
         return None
     if not req.cache_map:
@@ -130,7 +131,8 @@ def token_sink(req: Request):
 
     def on_token(ev: dict) -> None:
         if ev["index"] == 0:  # the request passed its checks: the prompt's ids are these
-            ev["prompt_tokens"] = [token_text(t) for t in _engine.prompt_ids(req)]
+            ids = read() if read is not None else _engine.prompt_ids(req)
+            ev["prompt_tokens"] = [token_text(t) for t in ids]
         ev["token_text"] = token_text(ev["id"])
         _emit(json.dumps(ev))
 
@@ -232,27 +234,10 @@ async def chat(opts: dict) -> dict:
         elif "policy" in opts and _engine.apply(opts["policy"]).policy != conv.pol.policy:
             raise InputError("this conversation runs under its first turn's policy; start a new conversation to change it")
         _conversation = conv  # a turn that fails partway leaves it broken: it says so next time
-        return await _engine.drive_async(conv.turn_steps(opts.get("message"), req, on_token=_chat_sink(conv, req),
+        sink = token_sink(req, read=lambda: conv.history + conv.pending)  # the map: the whole conversation
+        return await _engine.drive_async(conv.turn_steps(opts.get("message"), req, on_token=sink,
                                                          should_stop=_should_stop))
     return await _guarded(run)
-
-
-def _chat_sink(conv, req: Request):
-    """A turn's ``on_token``: with ``cacheMap`` the first event's ``prompt_tokens`` are the
-    texts of every position the conversation has read, this turn's included (the map's
-    prompt is the whole conversation so far), as ``token_sink`` does for one prompt."""
-    if _emit is None:
-        return None
-    if not req.cache_map:
-        return lambda ev: _emit(json.dumps(ev))
-
-    def on_token(ev: dict) -> None:
-        if ev["index"] == 0:
-            ev["prompt_tokens"] = [token_text(t) for t in conv.history + conv.pending]
-        ev["token_text"] = token_text(ev["id"])
-        _emit(json.dumps(ev))
-
-    return on_token
 
 
 async def chat_json(opts_json: str) -> str:
