@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # KV Cache Lab: the two commands.
 #   ./run.sh demo   set everything up, build, and serve the site on 127.0.0.1
+#                   (--room: to every laptop on this network; --port N, --no-isolation)
 #   ./run.sh test   set everything up, build, and run every test
 # Both are idempotent: a second run reuses the venv and the artifact cache (~/.cache/kvlab).
 set -euo pipefail
@@ -9,7 +10,7 @@ cd "$(dirname "$0")"
 cmd="${1:-}"
 case "$cmd" in
   demo|test) shift ;;
-  *) echo "usage: ./run.sh demo [--port N] | ./run.sh test [pytest args]" >&2; exit 2 ;;
+  *) echo "usage: ./run.sh demo [--port N] [--room | --host ADDR] [--no-isolation] | ./run.sh test [pytest args]" >&2; exit 2 ;;
 esac
 
 # ---- Python: a venv in the clone, pinned by requirements.lock ------------------------------

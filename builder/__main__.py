@@ -6,7 +6,9 @@
   all        the three above, bundled and checked (manifest.json), made the active build
   profile    all, then the head profile and the four observations (kvlab.profile, natively)
   site       all, then render dist/
-  serve      serve dist/ on 127.0.0.1 (with the headers onnxruntime-web's threads need)
+  serve      serve dist/ on 127.0.0.1 (with the headers onnxruntime-web's threads need);
+             --room serves every laptop on this network and prints the address to open
+  pack       dist/ as one zip (kvcache-lab-site.zip) for a static host or a USB stick
 """
 
 from __future__ import annotations
@@ -33,13 +35,20 @@ def build_all(force: bool = False):
     return bundle
 
 
-def main(argv: list[str] | None = None) -> int:
+def parser() -> argparse.ArgumentParser:
+    from .serve import add_arguments
+
     ap = argparse.ArgumentParser(prog="python -m builder", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("command", choices=["model", "tokenizer", "wasm", "all", "profile", "site", "serve"])
+    ap.add_argument("command", choices=["model", "tokenizer", "wasm", "all", "profile", "site", "serve", "pack"])
     ap.add_argument("--force", action="store_true", help="rebuild even when the cache has it")
-    ap.add_argument("--port", type=int, default=8000, help="serve: port on 127.0.0.1")
-    args = ap.parse_args(argv)
+    add_arguments(ap)
+    ap.add_argument("--out", metavar="FILE", help="pack: the archive to write (default kvcache-lab-site.zip)")
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
 
     if args.command == "model":
         from .model import build_model
@@ -60,7 +69,10 @@ def main(argv: list[str] | None = None) -> int:
         build_site(build_all(force=args.force))
     elif args.command == "serve":
         from .serve import serve
-        serve(args.port)
+        serve(args.port, isolate=not args.no_isolation, host=args.host)
+    elif args.command == "pack":
+        from .pack import OUT, pack
+        pack(out=args.out or OUT)
     return 0
 
 

@@ -21,18 +21,19 @@
                               score, provenance) and seed 004's rows: the results page
     results.json              seed 001's table on this model beside the seed's (``kvlab.results``,
                               from the committed results/quant.jsonl; the profile page shows it)
-    model/model.onnx.part0..N the model in parts of ≤ 64 MB (a single 270 MB Cache API
-                              entry fails in incognito profiles; parts do not)
-    manifest.json             every file: bytes + sha256; the model's parts; versions
+    model/graph.onnx          the model's graph, its fp16 matrices as external data ...
+    model/weights-<sha>.bin   ... which the page builds from these: the GGUF's own Q4_1 / Q8_0
+                              blocks, 96 MB instead of 257 MB, expanded in the browser into
+                              exactly model.onnx's fp16 bytes (``builder.weights``)
+    manifest.json             every file: bytes + sha256; the weights' parts and recipe; versions
 
-Rebuilds are quick: the model's parts are cut and hashed once per model sha256 into the
+Rebuilds are quick: the graph and the parts are made and checked once per model into the
 artifact cache and hard-linked into ``dist/``. ``dist/`` is written beside itself and
 swapped in, so a server never sees half a site.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -40,7 +41,6 @@ import zipfile
 from pathlib import Path
 
 from . import paths
-from .bundle import prune
 
 DIST = paths.REPO / "dist"
 SITE = paths.REPO / "site"
@@ -49,9 +49,6 @@ STATIC = SITE / "static"
 NODE = paths.REPO / "node_modules"
 RESULTS_DIR = paths.REPO / "results"
 RESULTS = RESULTS_DIR / "quant.jsonl"
-
-#: bytes per model part: under the Cache API's per-entry limit of incognito profiles
-PART_BYTES = 64 << 20
 
 # ---------------------------------------------------------------------------------------
 # What comes from npm (node_modules, installed by run.sh with `npm ci`)
@@ -81,29 +78,6 @@ def npm_version(package: str) -> str:
 # ---------------------------------------------------------------------------------------
 # Pieces
 # ---------------------------------------------------------------------------------------
-
-
-def model_parts(model: Path, sha256: str) -> tuple[Path, list[dict]]:
-    """Cut ``model`` into parts of ≤ PART_BYTES once per content; returns (folder, parts)."""
-    out = paths.cache_root() / f"site-model-{sha256[:16]}-{PART_BYTES >> 20}M"
-    index = out / "parts.json"
-    if not index.is_file():
-        tmp = out.with_name(out.name + f".tmp-{os.getpid()}")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        parts = []
-        with open(model, "rb") as f:
-            while block := f.read(PART_BYTES):
-                name = f"model.onnx.part{len(parts)}"
-                (tmp / name).write_bytes(block)
-                parts.append({"path": f"model/{name}", "bytes": len(block),
-                              "sha256": hashlib.sha256(block).hexdigest()})
-        (tmp / "parts.json").write_text(json.dumps(parts, indent=1))
-        shutil.rmtree(out, ignore_errors=True)
-        tmp.rename(out)
-        # parts of older models are 270 MB each: the same retention as every other build
-        prune({out}, kinds=("site-model",))
-    return out, json.loads(index.read_text())
 
 
 def kvlab_zip(dst: Path) -> None:
@@ -168,6 +142,7 @@ def build_site(bundle: Path, dist: Path = DIST) -> Path:
     from .lessons import build_lessons
     from .profile import FILES as PROFILE_FILES
     from .profile import build_profile
+    from .weights import build_weights, read_recipe
 
     bundle = Path(bundle)
     src_manifest = json.loads((bundle / "manifest.json").read_text())
@@ -188,10 +163,12 @@ def build_site(bundle: Path, dist: Path = DIST) -> Path:
     for name in PROFILE_FILES:
         _place(profiled / name, tmp / name)
     _place(build_lessons(bundle, profiled) / LESSONS_FILE, tmp / LESSONS_FILE)
-    model = src_manifest["files"]["model.onnx"]
-    parts_dir, parts = model_parts(bundle / "model.onnx", model["sha256"])
+    weights_dir = build_weights(bundle)
+    weights = read_recipe(weights_dir)
+    parts = weights["parts"]
+    _place(weights_dir / "graph.onnx", tmp / weights["graph"]["path"])
     for p in parts:
-        _place(parts_dir / Path(p["path"]).name, tmp / p["path"])
+        _place(weights_dir / Path(p["path"]).name, tmp / p["path"])
     kvlab_zip(tmp / "kvlab.zip")
     results = None  # seed 001's table on this model, from the committed results (kvlab.results)
     if RESULTS.exists():
@@ -209,14 +186,14 @@ def build_site(bundle: Path, dist: Path = DIST) -> Path:
     files = {}
     for f in sorted(tmp.rglob("*")):
         rel = f.relative_to(tmp).as_posix()
-        if f.is_file() and not rel.startswith("model/"):
+        if f.is_file() and not rel.startswith("model/weights-"):
             known = src_manifest["files"].get(rel)
             files[rel] = {"bytes": f.stat().st_size,
                           "sha256": known["sha256"] if known else paths.sha256_file(f)}
     manifest = {
         "format": "kvlab-site-1",
         "model": src_manifest["model"],
-        "model_file": {"bytes": model["bytes"], "sha256": model["sha256"], "parts": parts},
+        "weights": weights,
         "versions": versions,
         "files": files,
     }

@@ -3,7 +3,7 @@
 The compiler is zig's clang from the ``ziglang`` PyPI package (``python -m ziglang cc``):
 nothing from apt, and its wasm32 output runs in Chromium, Node and wasmtime. The same
 sources are compiled twice, with and without ``-msimd128``; both builds export the same
-functions (the README (section "The KV store") lists them) and must give the same bytes (tests/wasm).
+functions (docs/store.md (section "Exports") lists them) and must give the same bytes (tests/wasm).
 
 Output: ``cache_root()/"wasm-<key>"/{kvstore.wasm, kvstore-scalar.wasm}``, where the key
 hashes the sources, this file and the compiler version, so a change rebuilds and an

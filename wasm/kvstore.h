@@ -7,7 +7,7 @@
 //
 // Everything here is defined ONCE and mirrored once in Python (site/kvlab/formats.py):
 // the error codes, the format enum, the block layouts. The byte-layout table lives in
-// the README (section "The KV store").
+// docs/store.md (section "Byte layout").
 //
 // ABI rule: every export takes and returns i32 or f32 only (no i64: JS BigInt pain);
 // pointers are i32 offsets into the exported memory, always < 2 GiB (max memory), so
@@ -22,7 +22,7 @@
 #define KV_EXPORT(name) __attribute__((export_name(#name), visibility("default")))
 
 // ABI version: bump when an export, the step table or a byte layout changes.
-#define KV_VERSION 8
+#define KV_VERSION 9
 
 // ---------------------------------------------------------------------------------------
 // Error codes (mirrored in site/kvlab/formats.py: ERRORS)

@@ -4,7 +4,7 @@ Pure Python (it runs under Pyodide). Byte counts here are formulas; the store's 
 ``kv_bytes`` must equal them (tests/wasm checks both against each other).
 
 Byte layout of one (token, kv head) row of ``head_dim`` values, G = group size along
-head_dim (see the README (section "The KV store") for the table)::
+head_dim (see docs/store.md (section "Byte layout") for the table)::
 
     f32  head_dim x float32
     f16  head_dim x IEEE half (round to nearest even)

@@ -3,7 +3,7 @@ and every measured configuration as one flat list of points (the results page, i
 
 ``results/quant.jsonl`` (``benchmarks/quant_table.py``) holds one line per (row, text): a
 ``kvlab eval --task ppl`` result and its provenance. ``summarise`` folds the lines of each
-row into the figures the README's table and the page show (mean over the texts, with the
+row into the figures docs/results.md's table and the page show (mean over the texts, with the
 spread), and ``seed_001`` sets the seed's rows (Llama 3.2 1B, quant.cpp) beside the same
 configurations measured here. The builder writes the result to ``results.json`` in the
 site and renders it on the profile page; nothing in it is typed in by hand but the seed's

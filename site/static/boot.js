@@ -8,6 +8,7 @@
 // <body data-state> is "loading", then "ready" (+ `kvlab:ready`) or "error" (+ `kvlab:error`
 // and the message in #boot-error). Tests and scripts wait for data-state="ready", never sleep.
 import { simdSupported, instantiateStore, makeHost } from "./host.js";
+import { sha256Hex } from "./sha256.js";
 
 const ROOT = new URL("./", import.meta.url);       // dist/ (this file is dist/boot.js)
 const url = (path) => new URL(path, ROOT).href;
@@ -17,6 +18,15 @@ const params = new URLSearchParams(location.search);
 const progress = {};
 const stepMs = {};      // how long each step took (they overlap: python/engine ∥ model/session)
 let manifest = null;
+const notices = [];     // one line each: what this browser or address withholds, and what it costs
+
+/** Say, once, what the page does without a feature (kvlab:notice; the page shows the lines). */
+function notice(text) {
+  if (notices.includes(text)) return;
+  notices.push(text);
+  console.info(`kvlab: ${text}`);
+  emit("notice", { text, notices: [...notices] });
+}
 
 function emit(name, detail) {
   window.dispatchEvent(new CustomEvent(`kvlab:${name}`, { detail }));
@@ -48,7 +58,10 @@ async function step(name, label, fn) {
 
 // ---- checked downloads --------------------------------------------------------------------
 const hex = (buf) => Array.from(new Uint8Array(buf), (b) => b.toString(16).padStart(2, "0")).join("");
-const sha256 = async (bytes) => hex(await crypto.subtle.digest("SHA-256", bytes));
+// crypto.subtle exists in secure contexts only (https, localhost): elsewhere, plain JS
+const sha256 = globalThis.crypto?.subtle
+  ? async (bytes) => hex(await crypto.subtle.digest("SHA-256", bytes))
+  : async (bytes) => sha256Hex(bytes);
 
 /** Fetch a file of the manifest and check its size and sha256. */
 async function fetchChecked(path) {
@@ -80,53 +93,97 @@ async function readWithProgress(response, size, onBytes) {
 }
 
 /**
- * The model, from the Cache API when a previous visit stored it, else downloaded. Stored as
- * parts of ≤ 64 MB (one 270 MB entry fails in incognito profiles); every part's sha256 is
- * checked, from the network or from the cache (a bad cached part is fetched again).
+ * Content-checked parts ({path, bytes, sha256}), from the Cache API `cacheName` when a
+ * previous visit stored them, else downloaded, side by side; every part's sha256 is checked,
+ * from the network or from the cache (a bad cached part is fetched again, a bad downloaded
+ * one is never stored). `use(bytes, part, k)` takes each part as it arrives. Reports the
+ * "model" step's bytes; returns {total, fromCache}.
  */
-async function loadModel() {
-  const m = manifest.model_file;
-  const label = "Model weights";
-  const cacheName = `kvlab-model-${m.sha256.slice(0, 16)}`;
+async function fetchParts(parts, cacheName, use) {
+  const total = parts.reduce((n, p) => n + p.bytes, 0);
   let cache = null;
   try {
     cache = await caches.open(cacheName);
     for (const name of await caches.keys())   // older models: free their space
-      if (name.startsWith("kvlab-model-") && name !== cacheName) await caches.delete(name);
-  } catch { cache = null; }                   // no Cache API (e.g. opaque origin): download
-  const whole = new Uint8Array(m.bytes);
+      if (name.startsWith("kvlab-") && name !== cacheName) await caches.delete(name);
+  } catch { cache = null; }                   // no Cache API (plain http at a LAN address): download
+  if (!cache) notice(`no Cache API at this address (not a secure context): the model (${(total / 1e6).toFixed(0)} MB) ` +
+                     "is downloaded on every load");
   let done = 0, fromCache = 0;
-  const tick = () => report("model", label, done, m.bytes, "bytes", { fromCache });
+  const tick = () => report("model", "Model weights", done, total, "bytes", { fromCache });
   tick();
-  // the parts load side by side: reads, downloads and sha256 checks overlap
-  let offset = 0;
-  const jobs = m.parts.map((part) => {
-    const at = offset;
-    offset += part.bytes;
-    return (async () => {
-      let bytes = null;
-      const hit = cache && (await cache.match(url(part.path)));
-      if (hit) {
-        bytes = new Uint8Array(await hit.arrayBuffer());
-        if (bytes.length !== part.bytes || (await sha256(bytes)) !== part.sha256) bytes = null;
-        else { done += part.bytes; fromCache += part.bytes; tick(); }
+  await Promise.all(parts.map((part, k) => (async () => {
+    const name = `${part.path} (weights part ${k + 1} of ${parts.length})`;
+    let bytes = null;
+    const hit = cache && (await cache.match(url(part.path)));
+    if (hit) {
+      bytes = new Uint8Array(await hit.arrayBuffer());
+      if (bytes.length !== part.bytes || (await sha256(bytes)) !== part.sha256) bytes = null;
+      else { done += part.bytes; fromCache += part.bytes; tick(); }
+    }
+    if (!bytes) {
+      const r = await fetch(url(part.path), { cache: "no-store" });
+      if (!r.ok) throw new Error(`${name}: HTTP ${r.status}`);
+      bytes = await readWithProgress(r, part.bytes, (n) => { done += n; tick(); });
+      if ((await sha256(bytes)) !== part.sha256)
+        throw new Error(`${name} arrived corrupted (its sha256 differs from manifest.json); it was not kept: ` +
+                        "reload to fetch it again, and if this repeats, the server's copy is damaged (rebuild or re-copy the site)");
+      if (cache) {
+        try { await cache.put(url(part.path), new Response(bytes)); }
+        catch (e) { console.warn(`kvlab: could not keep ${part.path} in the Cache API: ${e}`); }
       }
-      if (!bytes) {
-        const r = await fetch(url(part.path), { cache: "no-store" });
-        if (!r.ok) throw new Error(`${part.path}: HTTP ${r.status}`);
-        bytes = await readWithProgress(r, part.bytes, (n) => { done += n; tick(); });
-        if ((await sha256(bytes)) !== part.sha256)
-          throw new Error(`${part.path} is corrupted (sha256 differs from the manifest)`);
-        if (cache) {
-          try { await cache.put(url(part.path), new Response(bytes)); }
-          catch (e) { console.warn(`kvlab: could not keep ${part.path} in the Cache API: ${e}`); }
-        }
-      }
-      whole.set(bytes, at);
-    })();
-  });
-  await Promise.all(jobs);
-  return { bytes: whole, fromCache };
+    }
+    use(bytes, part, name);
+  })()));
+  return { total, fromCache };
+}
+
+/**
+ * The model: its graph, and its weights as the GGUF's own Q4_1 / Q8_0 blocks (96 MB). As each
+ * part arrives, `kv_expand` in `expander` (a throw-away instance of the store module) writes
+ * its tensors into one buffer laid out as the graph's external data: exactly model.onnx's
+ * fp16 bytes (builder/weights.py). Returns {graph, data, ...} for InferenceSession.create.
+ */
+async function loadModel(expander) {
+  const w = manifest.weights;
+  if (!w) return loadFp16Model();
+  const ex = expander;
+  const out = ex.kv_alloc(w.bytes);
+  const scratch = ex.kv_alloc(Math.max(...w.parts.map((p) => p.bytes)));
+  if (out <= 0 || scratch <= 0) throw new Error(`no memory to expand the weights (${(w.bytes / 1e6).toFixed(0)} MB)`);
+  let expandMs = 0;
+  const expand = (bytes, part, name) => {  // one synchronous stretch: the parts share the scratch
+    const t0 = performance.now();
+    new Uint8Array(ex.memory.buffer, scratch, part.bytes).set(bytes);
+    for (const t of part.tensors) {
+      const n = ex.kv_expand(t.type, scratch + t.offset, t.rows, t.cols, out + t.dst, t.ld, t.col0, t.rope_d,
+                             t.transpose ? 1 : 0);
+      if (n !== t.rows * t.cols) throw new Error(`${name}: expanding ${t.name} failed (kv_expand returned ${n})`);
+    }
+    expandMs += performance.now() - t0;
+  };
+  const [graph, { total, fromCache }] = await Promise.all([
+    fetchChecked(w.graph.path), fetchParts(w.parts, `kvlab-weights-${w.sha256.slice(0, 16)}`, expand)]);
+  const data = new Uint8Array(ex.memory.buffer, out, w.bytes);
+  // ?verify=weights: also hash the expanded 257 MB (about a second) against model.onnx's fp16 data
+  let verified = null;
+  if (params.get("verify") === "weights") {
+    verified = (await sha256(data)) === w.sha256;
+    if (!verified) throw new Error("the expanded weights differ from model.onnx's fp16 data (sha256): the store module and the builder disagree");
+  }
+  return { graph, externalData: [{ path: w.data, data }], fromCache, total, expandMs: Math.round(expandMs), verified };
+}
+
+/** A site laid out the way it was before the 4-bit download (model.onnx in fp16 parts,
+ *  manifest.model_file): benchmarks/download_bench.py builds one to measure the difference. */
+async function loadFp16Model() {
+  const m = manifest.model_file;
+  const whole = new Uint8Array(m.bytes);
+  const at = [];
+  m.parts.reduce((o, p) => (at.push(o), o + p.bytes), 0);
+  const { total, fromCache } = await fetchParts(m.parts, `kvlab-model-${m.sha256.slice(0, 16)}`,
+                                                (bytes, part) => whole.set(bytes, at[m.parts.indexOf(part)]));
+  return { graph: whole, externalData: [], fromCache, total, expandMs: 0, verified: null };
 }
 
 // ---- Python and the engine ----------------------------------------------------------------
@@ -165,26 +222,30 @@ async function boot() {
   });
 
   const ortPromise = import(url("vendor/ort/ort.wasm.min.mjs"));
+  const storeWasm = fetchChecked(simd ? "kvstore.wasm" : "kvstore-scalar.wasm");
   const pythonSide = (async () => {
     const pyodide = await step("python", "Starting Python (Pyodide)", startPython);
     const web = await step("engine", "Loading the kvlab engine", () => startEngine(pyodide));
     return { pyodide, web };
   })();
   const modelSide = (async () => {
-    const model = await step("model", "Model weights", loadModel);
+    let model = await step("model", "Model weights", async () => loadModel(await instantiateStore(await storeWasm)));
     const threads = crossOriginIsolated ? Math.min(4, navigator.hardwareConcurrency || 1) : 1;
+    if (!crossOriginIsolated) notice("not cross-origin isolated: the model runs on one thread (slower; the page works the same)");
+    const { fromCache, total, expandMs, verified } = model;
     const session = await step("session", "Preparing the model (onnxruntime-web)", async () => {
       const ort = await ortPromise;
       ort.env.wasm.wasmPaths = url("vendor/ort/");
       ort.env.wasm.numThreads = threads;
       ort.env.logLevel = "error";
-      const s = await ort.InferenceSession.create(model.bytes, {
+      const s = await ort.InferenceSession.create(model.graph, {
         executionProviders: ["wasm"], graphOptimizationLevel: "all",
+        externalData: model.externalData,
       });
-      model.bytes = null;   // 270 MB: ort keeps its own copy
+      model = null;   // 257 MB of expanded weights and the instance holding them: ort has its own copy
       return s;
     });
-    return { ort: await ortPromise, session, threads, fromCache: model.fromCache };
+    return { ort: await ortPromise, session, threads, fromCache, total, expandMs, verified };
   })();
   // the first failure of either side ends the boot (the other side's result is dropped)
   const [py, md] = await Promise.all([pythonSide, modelSide]);
@@ -193,7 +254,7 @@ async function boot() {
   const { host, techniques, config, profile } = await step("store", "Starting the KV store", async () => {
     const text = (b) => new TextDecoder().decode(b);
     const [wasm, configJson, tokenizerJson, profileJson] = await Promise.all([
-      fetchChecked(simd ? "kvstore.wasm" : "kvstore-scalar.wasm"),
+      storeWasm,
       fetchChecked("config.json").then(text),
       fetchChecked("tokenizer.json").then(text),
       // the head profile (pyramidkv's entropy shape, compresskv and duo read it); a site
@@ -212,7 +273,7 @@ async function boot() {
   const detail = {
     config, techniques, profile, store: variant, threads: md.threads, crossOriginIsolated,
     versions: manifest.versions, model: manifest.model,
-    modelFromCache: md.fromCache === manifest.model_file.bytes,
+    modelFromCache: md.fromCache === md.total, expandMs: md.expandMs, weightsVerified: md.verified, notices,
     bootMs: Math.round(performance.now() - t0), stepMs,
   };
   api.info = detail;

@@ -5,7 +5,7 @@
 // as the past K/V/mask (ort copies inputs into its own heap at run()), await the run, and copy
 // the outputs back into the store at the table's pointers. No float ever crosses into Python.
 
-// ---- the step table (README "The step protocol"): int32 words -------------------------------
+// ---- the step table (docs/store.md "The step protocol"): int32 words ------------------------
 const HEAD = 4, PER_LAYER = 8;
 
 /** Feature test: does this browser validate a module using a v128 instruction? */

@@ -156,6 +156,14 @@ function onProgress(ev) {
   ui.bootElapsed.textContent = `${((performance.now() - state.bootStart) / 1000).toFixed(1)} s`;
 }
 
+/** One line per feature the browser or address withholds (boot.js's notices). */
+function showNotices(lines) {
+  const ul = $("#boot-notes");
+  if (!ul || !lines?.length) return;
+  ul.replaceChildren(...lines.map((text) => el("li", { text })));
+  ul.hidden = false;
+}
+
 function onBootError(ev) {
   const { step, message } = ev.detail || {};
   if (state.busy || body.dataset.state === "ready") { // a runtime error after start-up
@@ -193,6 +201,7 @@ function onReady(ev) {
   else if (d.store === "scalar") setFact("#rt-store", "scalar (this browser lacks WebAssembly SIMD)", "warn");
   else setFact("#rt-store", String(d.store ?? "unknown"));
   setFact("#rt-threads", d.threads ? `${d.threads} for the model` : "1");
+  showNotices(d.notices);
   setFact("#rt-coi", d.crossOriginIsolated ? "cross-origin isolated" : "not isolated (one thread)", d.crossOriginIsolated ? "good" : "warn");
 
   renderTechniques(d.techniques || window.kvlab?.info?.techniques || []);
@@ -1151,6 +1160,7 @@ async function loadLessons() {
 window.addEventListener("kvlab:progress", onProgress);
 window.addEventListener("kvlab:ready", onReady);
 window.addEventListener("kvlab:error", onBootError);
+window.addEventListener("kvlab:notice", (ev) => showNotices(ev.detail?.notices));
 window.addEventListener("kvlab:token", onToken);
 $("#download-run").addEventListener("click", () => {
   if (state.lastResult) download("kvlab-generate.json", JSON.stringify(state.lastResult, null, 1));

@@ -125,7 +125,8 @@ class Browser:
 
 
 @pytest.fixture(scope="session")
-def browser(base_url):
+def playwright():
+    """One Playwright for the session (its sync API cannot be started twice at once)."""
     # under CI the page is what is tested: a missing browser fails the run, never skips it
     missing = pytest.fail if os.environ.get("CI") == "true" else pytest.skip
     try:
@@ -134,20 +135,25 @@ def browser(base_url):
         missing("Playwright is not installed (pip install -r requirements.lock)")
     if not Path(CHROMIUM).exists():
         missing(f"no Chromium at {CHROMIUM}: apt-get install -y chromium (or set KVLAB_CHROMIUM)")
-    profile = tempfile.mkdtemp(prefix="kvlab-e2e-profile-")
     with pw_api.sync_playwright() as p:
-        # a persistent (on-disk) profile: what a visitor has, and the Cache API outlives a reload
-        context = p.chromium.launch_persistent_context(
-            profile, executable_path=CHROMIUM, headless=True, args=ARGS, service_workers="block",
-        )
-        b = Browser(context, base_url)
-        try:
-            b.open()
-        except Exception:
-            b.save("boot")
-            raise
-        yield b
-        context.close()
+        yield p
+
+
+@pytest.fixture(scope="session")
+def browser(playwright, base_url):
+    profile = tempfile.mkdtemp(prefix="kvlab-e2e-profile-")
+    # a persistent (on-disk) profile: what a visitor has, and the Cache API outlives a reload
+    context = playwright.chromium.launch_persistent_context(
+        profile, executable_path=CHROMIUM, headless=True, args=ARGS, service_workers="block",
+    )
+    b = Browser(context, base_url)
+    try:
+        b.open()
+    except Exception:
+        b.save("boot")
+        raise
+    yield b
+    context.close()
     shutil.rmtree(profile, ignore_errors=True)
 
 

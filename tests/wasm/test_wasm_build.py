@@ -13,7 +13,7 @@ from kvlab import formats
 
 EXPORTS = sorted(
     """kv_add_rows kv_age kv_alloc kv_argmax kv_bytes kv_capacity kv_collapse kv_collapse_map kv_collapse_mean kv_collapsed kv_configure kv_configure_head kv_cumshare
-    kv_dequantize kv_dequantize_channel kv_evict kv_format_bytes kv_formats kv_free kv_head_format kv_heap_bytes kv_hide kv_init
+    kv_dequantize kv_dequantize_channel kv_evict kv_expand kv_format_bytes kv_formats kv_free kv_head_format kv_heap_bytes kv_hide kv_init
     kv_io_bytes kv_keep_map kv_layer_ptr kv_live kv_logit_stats kv_memcpy kv_meter
     kv_moment_scores kv_moments kv_positions kv_quantize kv_quantize_channel kv_range_sums kv_reset
     kv_rope_unrotate kv_rotate kv_rows kv_sample kv_score kv_score_drop kv_scores kv_seed kv_select

@@ -3,7 +3,7 @@
 Each technique is one small module defining one ``Technique`` subclass; registering it
 here makes it appear in ``--policy`` JSON, in the test matrix and on the page's technique
 panel (which renders each technique's ``params``). Adding a technique = a module, a line
-in ``REGISTRY``, a README line.
+in ``REGISTRY``, a line in docs/techniques.md.
 """
 
 from __future__ import annotations

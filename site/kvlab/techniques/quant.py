@@ -9,7 +9,7 @@ llama.cpp's ``-ctk q4_0``; ``turbo2/3/4``: a random-sign Walsh-Hadamard rotation
 Lloyd-Max codebook per coordinate and a corrected norm, after TurboQuant, Zandieh et al.,
 ICLR 2026). ``rotate`` puts every row through that rotation on its own before any format
 (and back when staged), so its effect on outlier channels can be seen apart from the
-codebook (the rotations of QuaRot and SpinQuant). The byte layouts are in ``kvlab.formats`` and the README.
+codebook (the rotations of QuaRot and SpinQuant). The byte layouts are in ``kvlab.formats`` and docs/store.md.
 
 Where the bits go in time and across channels, through the store's one aging mechanism
 (``kv_age``): ``recent_k`` / ``recent_v`` keep each head's newest keys / values exact (fp32)
