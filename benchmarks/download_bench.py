@@ -14,7 +14,8 @@ layout). Then, in one run, headless Chromium (Playwright, a fresh profile each) 
 For each: bytes over the network from Playwright's network log (every finished request's
 response body size; all, and the model's share), cold and warm boot time (navigation to
 data-state="ready"), the model step, the expansion's time (kvlab.info.expandMs) and its share
-of the boot, and the page's renderer process's peak resident memory (VmHWM). Loopback has
+of the boot, and the page's renderer process's peak resident memory (VmHWM) after the cold
+boot and after the reload (the reload may hold the old page's memory a while). Loopback has
 no bandwidth limit, so the times here are the floor: on a classroom's Wi-Fi the bytes
 dominate. Figures are printed, never asserted.
 """
@@ -125,8 +126,8 @@ def run(p, dist: Path, host: str) -> dict:
                 "bytes": sum(n for _, n in sizes), "model_bytes": sum(n for u, n in sizes if "/model/" in u),
                 "requests": len(sizes), "from_cache": info["modelFromCache"], "threads": info["threads"],
                 "notices": info.get("notices", []),
+                "peak_kib": renderer_peak_kib(profile),  # after the cold boot: that boot's peak
             }
-        out["peak_kib"] = renderer_peak_kib(profile)
         ctx.close()
     finally:
         server.shutdown()
@@ -159,13 +160,13 @@ def main() -> int:
 
     mb = lambda n: f"{n / 1e6:.1f} MB"  # noqa: E731
     print("\n| site | cold: downloaded (model) | cold boot | model step | expansion (share of boot) "
-          "| warm: downloaded | warm boot | renderer peak RSS |")
+          "| warm: downloaded | warm boot | renderer peak RSS: cold boot, after the reload |")
     print("|---|---|---|---|---|---|---|---|")
     for label, r in results.items():
         c, w = r["cold"], r["warm"]
         share = f"{c['expand_ms']} ms ({100 * c['expand_ms'] / c['boot_ms']:.0f} %)" if c["expand_ms"] else "none"
         print(f"| {label} | {mb(c['bytes'])} ({mb(c['model_bytes'])}) | {c['s']:.1f} s | {c['steps'].get('model', 0) / 1000:.1f} s "
-              f"| {share} | {mb(w['bytes'])} | {w['s']:.1f} s | {r['peak_kib'] / 1024:.0f} MiB |")
+              f"| {share} | {mb(w['bytes'])} | {w['s']:.1f} s | {c['peak_kib'] / 1024:.0f} MiB, {w['peak_kib'] / 1024:.0f} MiB |")
     for label, r in results.items():
         print(f"{label}: threads {r['cold']['threads']}; notices {r['cold']['notices']}; "
               f"cold steps {r['cold']['steps']}; warm steps {r['warm']['steps']}")

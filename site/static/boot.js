@@ -96,7 +96,7 @@ async function readWithProgress(response, size, onBytes) {
  * Content-checked parts ({path, bytes, sha256}), from the Cache API `cacheName` when a
  * previous visit stored them, else downloaded, side by side; every part's sha256 is checked,
  * from the network or from the cache (a bad cached part is fetched again, a bad downloaded
- * one is never stored). `use(bytes, part, k)` takes each part as it arrives. Reports the
+ * one is never stored). `use(bytes, part, name)` takes each part as it arrives. Reports the
  * "model" step's bytes; returns {total, fromCache}.
  */
 async function fetchParts(parts, cacheName, use) {
@@ -142,7 +142,7 @@ async function fetchParts(parts, cacheName, use) {
  * The model: its graph, and its weights as the GGUF's own Q4_1 / Q8_0 blocks (96 MB). As each
  * part arrives, `kv_expand` in `expander` (a throw-away instance of the store module) writes
  * its tensors into one buffer laid out as the graph's external data: exactly model.onnx's
- * fp16 bytes (builder/weights.py). Returns {graph, data, ...} for InferenceSession.create.
+ * fp16 bytes (builder/weights.py). Returns {graph, externalData, ...} for InferenceSession.create.
  */
 async function loadModel(expander) {
   const w = manifest.weights;
@@ -218,7 +218,12 @@ async function boot() {
   manifest = await step("manifest", "Reading the site manifest", async () => {
     const r = await fetch(url("manifest.json"), { cache: "no-cache" });
     if (!r.ok) throw new Error(`manifest.json: HTTP ${r.status}`);
-    return r.json();
+    let m;
+    try { m = JSON.parse(await r.text()); }
+    catch (e) { throw new Error(`manifest.json is damaged (not JSON: ${e.message}); rebuild or re-copy the site`); }
+    if (!m?.files || !(m.weights?.parts || m.model_file?.parts))
+      throw new Error("manifest.json lists no files or no model weights; rebuild or re-copy the site");
+    return m;
   });
 
   const ortPromise = import(url("vendor/ort/ort.wasm.min.mjs"));

@@ -113,7 +113,8 @@ def test_boots_without_isolation(chromium, dist, engine):
 
 def test_a_corrupted_weight_part_is_named_and_fetched_again(chromium, dist):
     """One part arrives with a flipped byte: the boot fails naming it, keeps nothing of it, and
-    a reload (the server's copy is fine again) fetches it anew and boots."""
+    a reload (the server's copy is fine again) fetches it anew and boots. Then a damaged copy
+    of it in the Cache API is noticed and replaced from the network."""
     import json
 
     from builder.serve import start_in_thread
@@ -143,6 +144,37 @@ def test_a_corrupted_weight_part_is_named_and_fetched_again(chromium, dist):
                                timeout=BOOT_TIMEOUT_MS, polling=200)
         assert page.evaluate("document.body.dataset.state") == "ready", page.text_content("#boot-error")
         assert any(u.endswith(part["path"]) for u in seen[before:])  # fetched again from the server
+
+        # now every part is in the Cache API: damage the kept copy of one, and a reload
+        # notices (its sha256), fetches that one again and takes the others from the cache
+        page.evaluate("""async (p) => {
+            for (const name of await caches.keys()) {
+                const c = await caches.open(name);
+                if (await c.match(p)) await c.put(p, new Response(new Uint8Array(1000)));
+            }}""", part["path"])
+        before = len(seen)
+        page.reload()
+        page.wait_for_function("['ready', 'error'].includes(document.body.dataset.state)",
+                               timeout=BOOT_TIMEOUT_MS, polling=200)
+        assert page.evaluate("document.body.dataset.state") == "ready", page.text_content("#boot-error")
+        fetched = [u for u in seen[before:] if "/model/weights-" in u]
+        assert len(fetched) == 1 and fetched[0].endswith(part["path"])
+        model = page.evaluate("kvlab.progress.model")
+        assert model["fromCache"] == model["total"] - part["bytes"]
     finally:
         page.close()
         server.shutdown()
+
+
+@pytest.mark.parametrize("body", ["{not json", '{"files": {}}'])
+def test_a_damaged_manifest_is_said_in_words(chromium, base_url, body):
+    context, _, _ = chromium
+    page = context.new_page()
+    try:
+        page.route("**/manifest.json", lambda route: route.fulfill(status=200, body=body,
+                                                                  headers={"Content-Type": "application/json"}))
+        assert boot(page, base_url + "/") == "error"
+        shown = page.text_content("#boot-error")
+        assert "manifest.json" in shown and "rebuild or re-copy the site" in shown
+    finally:
+        page.close()
