@@ -3,7 +3,7 @@
 ``dist/`` works with the network cut. Its layout::
 
     index.html ...            site/templates/*.html, rendered with Jinja2
-    boot.js, host.js, ...     site/static/* (the runtime, ui.js, style.css), at the root
+    boot.js, host.js, ...     site/static/* (the runtime, ui.js and its panels, style.css), at the root
     vendor/pyodide/           the Pyodide core (npm ``pyodide``)
     vendor/ort/               onnxruntime-web's wasm backend only (npm ``onnxruntime-web``)
     vendor/uplot/             uPlot for the charts (npm ``uplot``)

@@ -8,7 +8,8 @@
 // conversation stays as it was.
 
 import { $, el } from "./dom.js";
-import { composePolicy, fmtBytes } from "./ui.js";
+import { fmtBytes } from "./format.js";
+import { composePolicy } from "./techniques-panel.js";
 
 const root = $("#chat-card");
 const state = { busy: false, turns: 0, reply: null, policy: null };

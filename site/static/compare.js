@@ -7,14 +7,14 @@
 // B's top token differs from A's. The numbers are the object `python -m kvlab compare
 // --json` prints.
 
-import { $, download, el } from "./dom.js";
-import { composePolicy, fmtBytes } from "./ui.js";
+import { $, cssVar, download, el } from "./dom.js";
+import { fmtBytes } from "./format.js";
+import { composePolicy } from "./techniques-panel.js";
 
 const root = $("#compare");
 const state = { busy: false, tokens: { a: [], b: [] }, last: null };
 const fmtMs = (x) => (Number.isFinite(x) ? `${x.toFixed(1)} ms` : "—");
 const fmtX = (x) => (Number.isFinite(x) ? `${x >= 10 ? x.toFixed(1) : x.toFixed(2)}×` : "—");
-const cssVar = (name) => getComputedStyle(document.documentElement).getPropertyValue(name).trim();
 
 /** The policy typed into field `side` ("A" / "B"), or an Error naming the side. */
 function readPolicy(side) {

@@ -6,6 +6,9 @@ export const $ = (sel, root = document) => root.querySelector(sel);
 /** Every element matching a selector, as an array. */
 export const $$ = (sel, root = document) => Array.from(root.querySelectorAll(sel));
 
+/** A CSS custom property of the page (a colour, a font), as a canvas needs it. */
+export const cssVar = (name) => getComputedStyle(document.documentElement).getPropertyValue(name).trim();
+
 /** A new element: attrs "class" and "text" set className / textContent; "style", data-*,
  *  aria-*, "for" and "role" are attributes (true: present, empty); any other name the
  *  element has as a property (checked, value, selected, type, …) is set as that property,

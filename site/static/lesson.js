@@ -11,13 +11,12 @@
 // the same objects, made natively at build time), for a browser too slow to run it live or
 // one without WebAssembly SIMD; a replayed run says so on its panel.
 
-import { $, el } from "./dom.js";
+import { $, cssVar, el } from "./dom.js";
 import { paintKeepMap } from "./keepmap.js";
 
 const MAP_W = 320, ROW = 3, GAP = 0;   // CSS px of a run's small map (30 layers → 90 px)
 const pct = (x) => `${Math.round(x * 100)}%`;
 const fmtRatio = (r) => `${r >= 10 ? r.toFixed(1) : r.toFixed(2)}×`;
-const cssVar = (name) => getComputedStyle(document.documentElement).getPropertyValue(name).trim();
 
 const root = $("#lesson-live");
 let madeReady;
