@@ -88,6 +88,46 @@ INLINE int32_t dest_row(int32_t r, int32_t rope_d) {
     return r - rem + (rem & 1) * (rope_d / 2) + rem / 2;
 }
 
+// ... and the inverse: the source row that lands on destination row rr.
+INLINE int32_t source_row(int32_t rr, int32_t rope_d) {
+    if (!rope_d) return rr;
+    const int32_t rem = rr % rope_d, half = rope_d / 2;
+    return rr - rem + 2 * (rem % half) + rem / half;
+}
+
+#define TILE 8 // destination rows (= output columns of the (in, out) matrix) per tile
+
+// Column j of the tile (TILE values, one per destination row) to p[0 .. TILE).
+#ifdef __wasm_simd128__
+// tile (TILE, QK) -> QK stores of TILE contiguous halves, transposed 8 x 8 at a time with
+// three rounds of interleaves (16-, 32-, then 64-bit lanes)
+static void store_tile(const uint16_t tile[TILE][QK], uint16_t *dst, size_t ld) {
+    for (int j0 = 0; j0 < QK; j0 += 8) {
+        v128_t r[8], t[8], u[8];
+        for (int i = 0; i < 8; i++) r[i] = wasm_v128_load(&tile[i][j0]);
+        for (int i = 0; i < 8; i += 2) { // t[i], t[i+1]: rows i, i+1 interleaved (columns 0-3, 4-7)
+            t[i / 2] = wasm_i16x8_shuffle(r[i], r[i + 1], 0, 8, 1, 9, 2, 10, 3, 11);
+            t[4 + i / 2] = wasm_i16x8_shuffle(r[i], r[i + 1], 4, 12, 5, 13, 6, 14, 7, 15);
+        }
+        for (int i = 0; i < 2; i++) { // rows 0-3 (i = 0) and 4-7 (i = 1), columns in pairs
+            u[4 * i + 0] = wasm_i32x4_shuffle(t[2 * i], t[2 * i + 1], 0, 4, 1, 5);     // columns 0, 1
+            u[4 * i + 1] = wasm_i32x4_shuffle(t[2 * i], t[2 * i + 1], 2, 6, 3, 7);     // 2, 3
+            u[4 * i + 2] = wasm_i32x4_shuffle(t[4 + 2 * i], t[5 + 2 * i], 0, 4, 1, 5); // 4, 5
+            u[4 * i + 3] = wasm_i32x4_shuffle(t[4 + 2 * i], t[5 + 2 * i], 2, 6, 3, 7); // 6, 7
+        }
+        for (int c = 0; c < 4; c++) { // column 2c and 2c + 1: rows 0-3 from u[c], 4-7 from u[4 + c]
+            wasm_v128_store(dst + (size_t)(j0 + 2 * c) * ld, wasm_i64x2_shuffle(u[c], u[4 + c], 0, 2));
+            wasm_v128_store(dst + (size_t)(j0 + 2 * c + 1) * ld, wasm_i64x2_shuffle(u[c], u[4 + c], 1, 3));
+        }
+    }
+}
+#else
+static void store_tile(const uint16_t tile[TILE][QK], uint16_t *dst, size_t ld) {
+    for (int j = 0; j < QK; j++)
+        for (int i = 0; i < TILE; i++) dst[(size_t)j * ld + i] = tile[i][j];
+}
+#endif
+
 // Expand a GGUF tensor of `rows` x `cols` values (blocks along cols) into fp16 at dst.
 //   transpose = 0: value (r, c) -> dst[row(r) * ld + col0 + c]    (the embedding, (vocab, hidden))
 //   transpose = 1: value (r, c) -> dst[c * ld + col0 + row(r)]    (linear weights, stored (in, out)
@@ -104,14 +144,29 @@ int32_t kv_expand(int32_t type, const uint8_t *src, int32_t rows, int32_t cols, 
     if (transpose ? (ld < col0 + rows) : (ld < col0 + cols)) return KV_EINVAL;
     if ((int64_t)rows * cols > INT32_MAX) return KV_EINVAL;
 
-    uint16_t h[QK] __attribute__((aligned(16)));
     const int32_t nb = cols / QK;
+    const size_t row_bytes = (size_t)nb * block_bytes;
+#define EXPAND_BLOCK(b, h) (type == GGML_Q4_1 ? Q4_1_BLOCK(b, h) : Q8_0_BLOCK(b, h))
+    if (transpose && rows % TILE == 0) {
+        // TILE destination rows at a time: each output row then gets TILE contiguous halves
+        // per store instead of one 2-byte store a row apart (the writes dominate the cost)
+        uint16_t tile[TILE][QK] __attribute__((aligned(16)));
+        for (int32_t rr0 = 0; rr0 < rows; rr0 += TILE) {
+            const uint8_t *row[TILE];
+            for (int i = 0; i < TILE; i++) row[i] = src + (size_t)source_row(rr0 + i, rope_d) * row_bytes;
+            for (int32_t k = 0; k < nb; k++) {
+                for (int i = 0; i < TILE; i++) EXPAND_BLOCK(row[i] + (size_t)k * block_bytes, tile[i]);
+                store_tile((const uint16_t(*)[QK])tile, dst + (size_t)(k * QK) * ld + col0 + rr0, (size_t)ld);
+            }
+        }
+        return rows * cols;
+    }
+    uint16_t h[QK] __attribute__((aligned(16)));
     for (int32_t r = 0; r < rows; r++) {
         const int32_t rr = dest_row(r, rope_d);
-        const uint8_t *b = src + (size_t)r * nb * block_bytes;
+        const uint8_t *b = src + (size_t)r * row_bytes;
         for (int32_t k = 0; k < nb; k++, b += block_bytes) {
-            if (type == GGML_Q4_1) Q4_1_BLOCK(b, h);
-            else Q8_0_BLOCK(b, h);
+            EXPAND_BLOCK(b, h);
             if (transpose) { // a column of the (in, out) matrix: strided stores
                 uint16_t *p = dst + (size_t)(k * QK) * ld + col0 + rr;
                 for (int j = 0; j < QK; j++) p[(size_t)j * ld] = h[j];
@@ -120,5 +175,6 @@ int32_t kv_expand(int32_t type, const uint8_t *src, int32_t rows, int32_t cols, 
             }
         }
     }
+#undef EXPAND_BLOCK
     return rows * cols;
 }
