@@ -227,14 +227,15 @@ async function boot() {
   });
 
   const ortPromise = import(url("vendor/ort/ort.wasm.min.mjs"));
-  const storeWasm = fetchChecked(simd ? "kvstore.wasm" : "kvstore-scalar.wasm");
+  // compiled once, instantiated twice: a throw-away instance expands the weights, the other holds the cache
+  const storeModule = fetchChecked(simd ? "kvstore.wasm" : "kvstore-scalar.wasm").then((b) => WebAssembly.compile(b));
   const pythonSide = (async () => {
     const pyodide = await step("python", "Starting Python (Pyodide)", startPython);
     const web = await step("engine", "Loading the kvlab engine", () => startEngine(pyodide));
     return { pyodide, web };
   })();
   const modelSide = (async () => {
-    let model = await step("model", "Model weights", async () => loadModel(await instantiateStore(await storeWasm)));
+    let model = await step("model", "Model weights", async () => loadModel(await instantiateStore(await storeModule)));
     const threads = crossOriginIsolated ? Math.min(4, navigator.hardwareConcurrency || 1) : 1;
     if (!crossOriginIsolated) notice("not cross-origin isolated: the model runs on one thread (slower; the page works the same)");
     const { fromCache, total, expandMs, verified } = model;
@@ -258,15 +259,15 @@ async function boot() {
   const variant = simd ? "simd" : "scalar";
   const { host, techniques, config, profile } = await step("store", "Starting the KV store", async () => {
     const text = (b) => new TextDecoder().decode(b);
-    const [wasm, configJson, tokenizerJson, profileJson] = await Promise.all([
-      storeWasm,
+    const [module, configJson, tokenizerJson, profileJson] = await Promise.all([
+      storeModule,
       fetchChecked("config.json").then(text),
       fetchChecked("tokenizer.json").then(text),
       // the head profile (pyramidkv's entropy shape, compresskv and duo read it); a site
       // built without one still starts, and those techniques say what they miss
       manifest.files["profile.json"] ? fetchChecked("profile.json").then(text) : null,
     ]);
-    const exports = await instantiateStore(wasm);
+    const exports = await instantiateStore(module);
     const config = JSON.parse(configJson);
     const host = makeHost({ ort: md.ort, session: md.session, exports, config, configJson, tokenizerJson, variant });
     py.web.init(host, (json) => emit("token", JSON.parse(json)), () => stopRequested, profileJson);

@@ -16,10 +16,9 @@ export function simdSupported() {
   return WebAssembly.validate(bytes);
 }
 
-/** Instantiate the KV store from its bytes; it has no imports. */
-export async function instantiateStore(bytes) {
-  const { instance } = await WebAssembly.instantiate(bytes, {});
-  return instance.exports;
+/** A fresh instance of the KV store (its own memory) from its compiled module; no imports. */
+export async function instantiateStore(module) {
+  return (await WebAssembly.instantiate(module, {})).exports;
 }
 
 /**

@@ -51,6 +51,13 @@ def is_local(url: str) -> bool:
     return u.scheme in ("data", "blob", "about") or u.hostname == "127.0.0.1"
 
 
+def wait_boot(page) -> str:
+    """Wait until the page's start-up ends; returns data-state ("ready" or "error")."""
+    page.wait_for_function("['ready', 'error'].includes(document.body.dataset.state)",
+                           timeout=BOOT_TIMEOUT_MS, polling=200)
+    return page.evaluate("document.body.dataset.state")
+
+
 # ---- the site and its server --------------------------------------------------------------
 
 @pytest.fixture(scope="session")
@@ -98,11 +105,7 @@ class Browser:
         self.wait_ready()
 
     def wait_ready(self):
-        self.page.wait_for_function(
-            "['ready', 'error'].includes(document.body.dataset.state)", timeout=BOOT_TIMEOUT_MS, polling=200
-        )
-        state = self.page.evaluate("document.body.dataset.state")
-        if state != "ready":
+        if wait_boot(self.page) != "ready":
             err = self.page.evaluate("document.getElementById('boot-error')?.textContent")
             raise AssertionError(f"the page did not boot: {err}")
 

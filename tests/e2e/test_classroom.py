@@ -22,7 +22,7 @@ import pytest
 
 from kvlab.engine import Request
 
-from .conftest import BOOT_TIMEOUT_MS, CHROMIUM
+from .conftest import CHROMIUM, wait_boot
 
 HOST = "classroom.test"
 ARGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -57,9 +57,7 @@ def chromium(playwright):
 
 def boot(page, url: str) -> str:
     page.goto(url)
-    page.wait_for_function("['ready', 'error'].includes(document.body.dataset.state)",
-                           timeout=BOOT_TIMEOUT_MS, polling=200)
-    return page.evaluate("document.body.dataset.state")
+    return wait_boot(page)
 
 
 def same_as_native(page, engine) -> None:
@@ -140,9 +138,7 @@ def test_a_corrupted_weight_part_is_named_and_fetched_again(chromium, dist):
         page.unroute(f"**/{part['path']}")
         before = len(seen)
         page.reload()
-        page.wait_for_function("['ready', 'error'].includes(document.body.dataset.state)",
-                               timeout=BOOT_TIMEOUT_MS, polling=200)
-        assert page.evaluate("document.body.dataset.state") == "ready", page.text_content("#boot-error")
+        assert wait_boot(page) == "ready", page.text_content("#boot-error")
         assert any(u.endswith(part["path"]) for u in seen[before:])  # fetched again from the server
 
         # now every part is in the Cache API: damage the kept copy of one, and a reload
@@ -154,9 +150,7 @@ def test_a_corrupted_weight_part_is_named_and_fetched_again(chromium, dist):
             }}""", part["path"])
         before = len(seen)
         page.reload()
-        page.wait_for_function("['ready', 'error'].includes(document.body.dataset.state)",
-                               timeout=BOOT_TIMEOUT_MS, polling=200)
-        assert page.evaluate("document.body.dataset.state") == "ready", page.text_content("#boot-error")
+        assert wait_boot(page) == "ready", page.text_content("#boot-error")
         fetched = [u for u in seen[before:] if "/model/weights-" in u]
         assert len(fetched) == 1 and fetched[0].endswith(part["path"])
         model = page.evaluate("kvlab.progress.model")

@@ -11,7 +11,7 @@ import zipfile
 
 from kvlab.engine import Request
 
-from .conftest import BOOT_TIMEOUT_MS
+from .conftest import wait_boot
 
 POLICY = {"quant": {"k_bits": 4, "v_bits": 4}}
 
@@ -30,9 +30,7 @@ def test_the_packed_site_boots_from_a_plain_static_server(browser, dist, engine,
     page = browser.context.new_page()
     try:
         page.goto(f"http://127.0.0.1:{server.server_address[1]}/")
-        page.wait_for_function("['ready', 'error'].includes(document.body.dataset.state)",
-                               timeout=BOOT_TIMEOUT_MS, polling=200)
-        assert page.evaluate("document.body.dataset.state") == "ready", page.text_content("#boot-error")
+        assert wait_boot(page) == "ready", page.text_content("#boot-error")
         info = page.evaluate("kvlab.info")
         assert info["crossOriginIsolated"] is False and info["threads"] == 1
         native = engine.generate(Request(prompt="A zip on a USB stick", max_new_tokens=6, policy=POLICY,
